@@ -1,0 +1,1 @@
+"""harness: a webhook gate for chatbot flows, and a scenario harness that drives it."""

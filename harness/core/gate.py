@@ -1,0 +1,263 @@
+"""The gate: conversations, waits, deadlines and exactly-once resolution. No HTTP here.
+
+How a wait resolves exactly once, without locks
+-----------------------------------------------
+Trio switches tasks only at an ``await``. Every method of :class:`Gate` that changes state is
+synchronous, so a call's checks ("is this wait open? has its deadline passed?") and its
+resolution happen in one uninterrupted step; a second call, or the deadline timer, sees the
+resolved wait and is refused or does nothing. The HTTP adapter reads the whole body *before*
+calling :meth:`Gate.deliver`, so no await sits between the check and the change.
+
+How deadlines fire
+------------------
+One scheduler task (:meth:`Gate.run`) owns a heap of ``(deadline, seq, conversation, wait)``.
+It sleeps until the earliest deadline (or until an earlier one is armed), then expires every
+wait whose deadline has come. A wait costs one heap entry, not a task. Deadlines are on trio's
+clock, so under ``trio.testing.MockClock(autojump_threshold=0)`` a 300 s wait costs nothing.
+
+The deadline decides, not the timer: a call at or after the deadline is refused with
+``wait_expired`` even when the scheduler has not run yet, and the timer then resolves the wait as
+``failure``/``timeout`` with ``waited_s`` exactly ``timeout_s``.
+
+Usage::
+
+    gate = Gate(public_url="http://127.0.0.1:8000")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gate.run)
+        gate.add_bot(load_bot("scenarios/bots/payment.toml"))
+        conversation = gate.start_conversation("payment")
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..store import MemoryStore, Store
+from .bots import Block, Bot
+from .conversations import Conversation, Wait, WallClock, new_conversation_key
+from .errors import Refused
+from .flow import advance
+
+__all__ = ["Gate", "Delivery", "GateStats"]
+
+log = logging.getLogger("harness.gate")
+
+# Timer lateness buckets (seconds) for the metrics histogram.
+LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, math.inf)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What an accepted webhook call did."""
+
+    conversation: Conversation
+    wait: Wait
+    mapped: dict[str, Any]
+    missing: list[str]
+
+
+@dataclass
+class GateStats:
+    """Counters the gate keeps for ``/metrics``."""
+
+    waits_opened: int = 0
+    resolutions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    lateness_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENESS_BUCKETS))
+    lateness_sum: float = 0.0
+    lateness_count: int = 0
+
+    def observe_lateness(self, seconds: float) -> None:
+        for index, bound in enumerate(LATENESS_BUCKETS):
+            if seconds <= bound:
+                self.lateness_buckets[index] += 1
+        self.lateness_sum += seconds
+        self.lateness_count += 1
+
+
+class Gate:
+    """Holds bots and conversations and decides every webhook call and every timeout."""
+
+    def __init__(self, *, store: Store | None = None, public_url: str = "http://127.0.0.1:8000") -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self.public_url = public_url.rstrip("/")
+        self.clock = WallClock()
+        self.stats = GateStats()
+        self._deadlines: list[tuple[float, int, Conversation, Wait]] = []
+        self._sequence = itertools.count()
+        self._wake: trio.Event | None = None
+
+    # -- the deadline scheduler ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._wake is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fire deadlines until cancelled. Start it with ``await nursery.start(gate.run)``.
+
+        On start it re-arms the open waits the store holds; those whose deadline passed while
+        nothing was running resolve at once as ``failure``/``timeout``.
+        """
+        if self._wake is not None:
+            raise RuntimeError("Gate.run() is already running")
+        self._wake = trio.Event()
+        for conversation in self.store.waiting_conversations():
+            wait = conversation.open_wait
+            if wait is not None:
+                self._arm(conversation, wait)
+        task_status.started()
+        try:
+            while True:
+                self._expire_due(trio.current_time())
+                next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
+                with trio.move_on_at(next_deadline):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+        finally:
+            self._wake = None
+
+    def open_wait_count(self) -> int:
+        """Waits armed and not yet resolved (resolved ones leave the heap lazily)."""
+        return sum(1 for _, _, _, wait in self._deadlines if wait.is_open)
+
+    def _arm(self, conversation: Conversation, wait: Wait) -> None:
+        self.stats.waits_opened += 1
+        entry = (wait.deadline, next(self._sequence), conversation, wait)
+        heapq.heappush(self._deadlines, entry)
+        if self._deadlines[0] is entry and self._wake is not None:
+            self._wake.set()  # the scheduler sleeps until a later deadline: wake it up
+
+    def _expire_due(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, _, conversation, wait = heapq.heappop(heap)
+            if wait.is_open:  # resolved by a call already: nothing to do
+                self.stats.observe_lateness(now - deadline)
+                self._expire(conversation, wait, now)
+
+    def _expire(self, conversation: Conversation, wait: Wait, now: float) -> None:
+        wait.resolve("failure", "timeout", now)
+        self._resolved(conversation, wait)
+        bot = self._bot(conversation.bot)
+        self._continue(conversation, bot, bot.blocks[wait.block].edges["failure"], now)
+
+    # -- bots ---------------------------------------------------------------------------------
+
+    def add_bot(self, bot: Bot) -> Bot:
+        """Register ``bot``; refuse an id that is taken (``bot_exists``)."""
+        if self.store.get_bot(bot.id) is not None:
+            raise Refused("bot_exists", f"a bot with id {bot.id!r} already exists")
+        self.store.add_bot(bot)
+        return bot
+
+    def get_bot(self, bot_id: str) -> Bot:
+        return self._bot(bot_id)
+
+    def _bot(self, bot_id: str) -> Bot:
+        bot = self.store.get_bot(bot_id)
+        if bot is None:
+            raise Refused("unknown_bot", f"no bot with id {bot_id!r}")
+        return bot
+
+    def webhook_urls(self, bot: Bot) -> dict[str, str]:
+        return {block: f"{self.public_url}/webhooks/{bot.id}/{block}" for block in bot.webhook_blocks()}
+
+    def webhook_block(self, bot_id: str, block_id: str) -> Block:
+        """The webhook block behind ``/webhooks/{bot_id}/{block_id}``, or ``unknown_webhook``."""
+        bot = self.store.get_bot(bot_id)
+        block = bot.blocks.get(block_id) if bot is not None else None
+        if block is None or block.type != "webhook":
+            raise Refused("unknown_webhook", f"no webhook block {block_id!r} in bot {bot_id!r}")
+        return block
+
+    # -- conversations ------------------------------------------------------------------------
+
+    def start_conversation(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
+        """Start a conversation and run it to its first wait or end."""
+        bot = self._bot(bot_id)
+        if self._wake is None:
+            raise RuntimeError("the gate's scheduler is not running: `await nursery.start(gate.run)` first")
+        now = trio.current_time()
+        key = new_conversation_key()
+        url = f"{self.public_url}/c/{key}"
+        conversation = Conversation(key=key, bot=bot.id, url=url, started_at=now)
+        conversation.variables.update(variables or {})
+        conversation.variables.update({"conversation_key": key, "Conversation URL": url})
+        self.store.add_conversation(conversation)
+        self._continue(conversation, bot, bot.start, now)
+        return conversation
+
+    def get_conversation(self, key: str) -> Conversation:
+        conversation = self.store.get_conversation(key)
+        if conversation is None:
+            raise Refused("unknown_conversation", "no conversation has that key")
+        return conversation
+
+    def _continue(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> None:
+        wait = advance(conversation, bot, block_id, now)
+        if wait is not None:
+            self._arm(conversation, wait)
+        self.store.save_conversation(conversation)
+
+    def _resolved(self, conversation: Conversation, wait: Wait) -> None:
+        self.stats.resolutions[(wait.outcome or "", wait.reason or "")] += 1
+        if not log.isEnabledFor(logging.INFO):
+            return
+        log.info(
+            "wait resolved",
+            extra={
+                "bot": conversation.bot,
+                "conversation": conversation.key[:6] + "…",  # never the whole key in logs
+                "block": wait.block,
+                "outcome": wait.outcome,
+                "reason": wait.reason,
+                "waited_s": wait.waited_s,
+            },
+        )
+
+    # -- webhook calls ------------------------------------------------------------------------
+
+    def deliver(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
+        """Decide a webhook call whose body has been read, parsed and (if needed) verified.
+
+        Refusals, in the contract's order: ``unknown_webhook``, ``missing_conversation_key``,
+        ``unknown_conversation``, ``wait_expired``, ``not_waiting``. A refusal changes nothing.
+        """
+        block = self.webhook_block(bot_id, block_id)
+        key = payload.get("conversation_key")
+        if not isinstance(key, str) or not key:
+            raise Refused("missing_conversation_key", "the payload needs a non-empty string conversation_key")
+        conversation = self.store.get_conversation(key)
+        if conversation is None or conversation.bot != bot_id:
+            raise Refused("unknown_conversation", f"no conversation of bot {bot_id!r} has that key")
+
+        now = trio.current_time()
+        latest = conversation.latest_wait_at(block_id)
+        if latest is not None and latest.expired_at(now):
+            raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")
+        wait = conversation.open_wait
+        if wait is None or wait.block != block_id:
+            where = f"waiting at {wait.block!r}" if wait else conversation.status
+            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (it is {where})")
+
+        mapped: dict[str, Any] = {}
+        missing: list[str] = []
+        for variable, path in block.mappings:
+            found, value = path.extract(payload)
+            if found:
+                mapped[variable] = value
+            else:
+                missing.append(variable)
+        wait.resolve("success", "received", now)
+        self._resolved(conversation, wait)
+        conversation.variables.update(mapped)
+        self._continue(conversation, self._bot(bot_id), block.edges["success"], now)
+        return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)

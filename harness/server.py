@@ -1,0 +1,306 @@
+"""The HTTP adapter: a quart-trio app that maps HTTP onto the :class:`~harness.core.gate.Gate`.
+
+It parses, limits and verifies requests; the gate decides everything that depends on
+conversation state. Every error leaves as ``{"error": CODE, "detail": TEXT}`` with the status of
+:data:`STATUS_BY_CODE` — framework errors (404, 405, 500) included.
+
+The app does not own the gate's scheduler: whoever runs the app (``harness serve``, the in-process
+driver, a test fixture) opens a nursery and starts :meth:`Gate.run` in it. That is also what makes
+the app usable through ``httpx.ASGITransport``, which sends no lifespan events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .core.bots import InvalidBot, parse_bot
+from .core.errors import Refused
+from .core.gate import LATENESS_BUCKETS, Gate
+from .core.signing import HEADER, SignatureError, verify
+
+__all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "serve"]
+
+log = logging.getLogger("harness.server")
+
+DEFAULT_MAX_BODY = 1024 * 1024
+JSON_TYPE = "application/json"
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+STATUS_BY_CODE: dict[str, int] = {
+    "unknown_webhook": 404,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "invalid_payload": 400,
+    "invalid_signature": 401,
+    "missing_conversation_key": 422,
+    "unknown_conversation": 404,
+    "wait_expired": 410,
+    "not_waiting": 409,
+    "invalid_bot": 422,
+    "bot_exists": 409,
+    "unknown_bot": 404,
+}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    text = json.dumps(body, ensure_ascii=False, allow_nan=False)
+    return Response(text, status=status, content_type=JSON_TYPE, headers=headers)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]}… is out of range")
+    return value
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no overflowing floats; ``Refused`` otherwise."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise Refused("invalid_payload", "the body is not UTF-8") from None
+    except RecursionError:
+        raise Refused("invalid_payload", "the body is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, too many digits, NaN…
+        raise Refused("invalid_payload", f"the body is not valid JSON: {error}") from None
+
+
+def parse_form(body: bytes) -> dict[str, Any]:
+    """A urlencoded form: values are strings, a repeated field becomes a list."""
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise Refused("invalid_payload", f"the form does not parse: {error}") from None
+    form: dict[str, Any] = {}
+    for name, value in pairs:
+        if name not in form:
+            form[name] = value
+        elif isinstance(form[name], list):
+            form[name].append(value)
+        else:
+            form[name] = [form[name], value]
+    return form
+
+
+async def read_body(limit: int) -> bytes:
+    """Read the request body, refusing more than ``limit`` bytes.
+
+    Refusing early leaves unread bytes on the connection, so a 413 closes it
+    (``Connection: close``); otherwise the next request on a keep-alive connection would hang.
+    """
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    received = bytearray()
+    async for chunk in request.body:
+        received += chunk
+        if len(received) > limit:
+            raise _too_large(limit)
+    return bytes(received)
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused("payload_too_large", f"the body is larger than {limit} bytes")
+
+
+def _media_type() -> str:
+    return (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+
+async def read_json_object(limit: int, *, optional: bool = False) -> dict[str, Any]:
+    """The body of an API call: a JSON object (any content type is accepted for convenience)."""
+    body = await read_body(limit)
+    if optional and not body.strip():
+        return {}
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise Refused("invalid_payload", "the body must be a JSON object")
+    return document
+
+
+def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
+    """Build the quart-trio app serving ``gate``. See SPEC §3–4 for the routes."""
+    app = QuartTrio("harness")
+    app.config.update(MAX_CONTENT_LENGTH=None, PROVIDE_AUTOMATIC_OPTIONS=False)
+    app.gate = gate  # type: ignore[attr-defined]
+    webhook_calls: dict[int, int] = {}
+
+    @app.errorhandler(Refused)
+    async def refused(error: Refused) -> Response:
+        status = STATUS_BY_CODE[error.code]
+        headers = {"Connection": "close"} if status == 413 else None
+        return json_response(error.as_dict(), status, headers)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
+        return json_response({"error": code, "detail": error.description or error.name}, error.code or 500)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unhandled error", exc_info=error)
+        return json_response({"error": "internal_error", "detail": "unexpected server error"}, 500)
+
+    @app.after_request
+    async def count_webhook_calls(response: Response) -> Response:
+        if request.path.startswith("/webhooks/"):
+            webhook_calls[response.status_code] = webhook_calls.get(response.status_code, 0) + 1
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    def bot_body(bot_id: str) -> dict[str, Any]:
+        bot = gate.get_bot(bot_id)
+        return {**bot.to_dict(), "webhooks": gate.webhook_urls(bot)}
+
+    @app.post("/api/bots")
+    async def create_bot() -> Response:
+        document = await read_json_object(max_body)
+        try:
+            bot = parse_bot(document)
+        except InvalidBot as error:
+            problems = [problem.as_dict() for problem in error.problems]
+            raise Refused("invalid_bot", f"{len(problems)} problem(s) in the bot", problems=problems) from None
+        gate.add_bot(bot)
+        return json_response(bot_body(bot.id), 201)
+
+    @app.get("/api/bots")
+    async def list_bots() -> Response:
+        return json_response({"bots": [bot_body(bot.id) for bot in gate.store.bots()]})
+
+    @app.get("/api/bots/<bot_id>")
+    async def get_bot(bot_id: str) -> Response:
+        return json_response(bot_body(bot_id))
+
+    @app.post("/api/bots/<bot_id>/conversations")
+    async def start_conversation(bot_id: str) -> Response:
+        gate.get_bot(bot_id)  # 404 before reading a body we would not use
+        document = await read_json_object(max_body, optional=True)
+        variables = document.get("variables", {})
+        if not isinstance(variables, dict):
+            raise Refused("invalid_payload", "variables must be a JSON object")
+        conversation = gate.start_conversation(bot_id, variables)
+        return json_response(conversation.as_dict(gate.clock), 201)
+
+    @app.get("/api/conversations/<key>")
+    @app.get("/c/<key>")
+    async def get_conversation(key: str) -> Response:
+        return json_response(gate.get_conversation(key).as_dict(gate.clock))
+
+    @app.post("/webhooks/<bot_id>/<block_id>")
+    async def webhook(bot_id: str, block_id: str) -> Response:
+        block = gate.webhook_block(bot_id, block_id)
+        body = await read_body(max_body)
+        media_type = _media_type()
+        if media_type == JSON_TYPE:
+            payload = parse_json(body)
+        elif media_type == FORM_TYPE:
+            payload = parse_form(body)
+        else:
+            raise Refused("unsupported_media_type", f"send {JSON_TYPE} or {FORM_TYPE}, not {media_type or 'nothing'}")
+        if not isinstance(payload, dict):
+            raise Refused("invalid_payload", "the body must be a JSON object")
+        if block.secret:
+            try:
+                verify(body, block.secret, request.headers.get(HEADER), unix_time=gate.clock.unix(trio.current_time()))
+            except SignatureError as error:
+                raise Refused("invalid_signature", str(error)) from None
+        # From here to the answer there is no await: check and resolution are one atomic step.
+        delivery = gate.deliver(bot_id, block_id, payload)
+        return json_response(
+            {
+                "status": "accepted",
+                "conversation_key": delivery.conversation.key,
+                "mapped": delivery.mapped,
+                "missing": delivery.missing,
+                "waited_s": delivery.wait.waited_s,
+                "conversation_status": delivery.conversation.status,
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render_metrics(gate, webhook_calls), content_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def render_metrics(gate: Gate, webhook_calls: dict[int, int]) -> str:
+    """Prometheus text exposition of the gate's counters."""
+    stats = gate.stats
+    open_waits = gate.open_wait_count()
+    lines = [
+        "# HELP harness_waits_open Waits currently open.",
+        "# TYPE harness_waits_open gauge",
+        f"harness_waits_open {open_waits}",
+        "# HELP harness_waits_opened_total Waits opened since start.",
+        "# TYPE harness_waits_opened_total counter",
+        f"harness_waits_opened_total {stats.waits_opened}",
+        "# HELP harness_waits_resolved_total Waits resolved, by outcome and reason.",
+        "# TYPE harness_waits_resolved_total counter",
+    ]
+    for (outcome, reason), count in sorted(stats.resolutions.items()):
+        lines.append(f'harness_waits_resolved_total{{outcome="{outcome}",reason="{reason}"}} {count}')
+    lines += [
+        "# HELP harness_webhook_calls_total Webhook calls answered, by HTTP status.",
+        "# TYPE harness_webhook_calls_total counter",
+    ]
+    for status, count in sorted(webhook_calls.items()):
+        lines.append(f'harness_webhook_calls_total{{status="{status}"}} {count}')
+    lines += [
+        "# HELP harness_timer_lateness_seconds How late timeouts fire after their deadline.",
+        "# TYPE harness_timer_lateness_seconds histogram",
+    ]
+    for bound, count in zip(LATENESS_BUCKETS, stats.lateness_buckets):
+        label = "+Inf" if bound == float("inf") else repr(bound)
+        lines.append(f'harness_timer_lateness_seconds_bucket{{le="{label}"}} {count}')
+    lines.append(f"harness_timer_lateness_seconds_sum {stats.lateness_sum}")
+    lines.append(f"harness_timer_lateness_seconds_count {stats.lateness_count}")
+    return "\n".join(lines) + "\n"
+
+
+async def serve(
+    gate: Gate,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_body: int = DEFAULT_MAX_BODY,
+    public_url: str | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``gate`` over HTTP on hypercorn's trio worker until cancelled.
+
+    Reports the base URL it bound (``port=0`` picks a free port) through ``task_status``; when
+    ``public_url`` is not given, conversation and webhook URLs use that bound URL.
+    """
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = log
+    app = create_app(gate, max_body=max_body)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gate.run)
+        bound = await nursery.start(hypercorn_serve, app, config)
+        base_url = bound[0] if bound else f"http://{host}:{port}"
+        if public_url is None:
+            gate.public_url = base_url.rstrip("/")
+        task_status.started(base_url)

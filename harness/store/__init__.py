@@ -1,0 +1,21 @@
+"""Where bots and conversations live.
+
+The gate talks to a store through the small :class:`Store` protocol. :class:`MemoryStore` is the
+default and what simulations use: plain dicts, no I/O, nothing that could let virtual time jump.
+"""
+
+from __future__ import annotations
+
+from .base import Store
+from .memory import MemoryStore
+
+__all__ = ["Store", "MemoryStore", "open_store"]
+
+
+def open_store(spec: str) -> Store:
+    """A store from its command-line spelling: ``memory`` or ``sqlite:PATH``."""
+    if spec == "memory":
+        return MemoryStore()
+    if spec.startswith("sqlite:"):
+        raise ValueError("the sqlite store is not available yet in this version; use 'memory'")
+    raise ValueError(f"unknown store {spec!r}; use 'memory' or 'sqlite:PATH'")

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..core.bots import Bot
+from ..core.conversations import Conversation
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Bots and conversations in dicts; lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._bots: dict[str, Bot] = {}
+        self._conversations: dict[str, Conversation] = {}
+
+    def add_bot(self, bot: Bot) -> None:
+        self._bots[bot.id] = bot
+
+    def get_bot(self, bot_id: str) -> Bot | None:
+        return self._bots.get(bot_id)
+
+    def bots(self) -> Iterable[Bot]:
+        return list(self._bots.values())
+
+    def add_conversation(self, conversation: Conversation) -> None:
+        self._conversations[conversation.key] = conversation
+
+    def get_conversation(self, key: str) -> Conversation | None:
+        return self._conversations.get(key)
+
+    def save_conversation(self, conversation: Conversation) -> None:
+        pass  # the dict already holds the live object
+
+    def waiting_conversations(self) -> Iterable[Conversation]:
+        return [c for c in self._conversations.values() if c.open_wait is not None]
+
+    def __len__(self) -> int:
+        return len(self._conversations)
