@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from .core.bots import Bot, InvalidBot, load_bot
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(
     add_completion=False,
@@ -21,7 +26,8 @@ app = typer.Typer(
     help="A webhook gate for chatbot flows, and a scenario harness that drives it.",
 )
 err = Console(stderr=True, soft_wrap=True)
-out = Console()
+# Summary tables are wide; when piped (CI logs, files), do not squeeze them into 80 columns.
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 180)
 
 BOT_SUFFIXES = (".toml", ".json")
 
@@ -117,6 +123,144 @@ def serve(
         trio.run(main)
     except KeyboardInterrupt:
         err.print("stopped")
+
+
+def _print_summary(frame: "pd.DataFrame") -> bool:
+    """Print one table per scenario; return True when every expectation and threshold held."""
+    from rich.table import Table
+
+    from .runner import summarize
+
+    summary = summarize(frame)
+    all_ok = True
+    for scenario, rows in summary.groupby("scenario", sort=False):
+        table = Table(title=f"scenario {scenario}", title_justify="left", show_lines=False)
+        for column, justify in (("case", "left"), ("variant", "left"), ("n", "right"), ("success", "right"),
+                                ("failure", "right"), ("timeout", "right"), ("misattr.", "right"),
+                                ("statuses", "left"), ("waited p50/p95", "right"), ("expect", "right"),
+                                ("thresholds", "left")):
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for row in rows.itertuples():
+            ok = row.expectations_ok and row.thresholds_ok and row.errors == 0
+            all_ok &= ok
+            style = None if ok else "red"
+            table.add_row(
+                str(row.case), str(row.variant), str(row.n),
+                f"{row.success_rate:.1%}", f"{row.failure_rate:.1%}", f"{row.timeout_rate:.1%}",
+                f"{row.misattributed_rate:.1%}", row.statuses,
+                f"{row.p50_waited_s:.2f}/{row.p95_waited_s:.2f} s",
+                row.expectations + (f" ({row.errors} errors)" if row.errors else ""),
+                row.thresholds.replace("; ", "\n"), style=style,
+            )
+        out.print(table)
+    return all_ok
+
+
+def _scenario_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.toml")) if path.is_dir() else [path])
+    return files
+
+
+@app.command()
+def run(
+    scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (or folders of them).")],
+    target: Annotated[Optional[str], typer.Option(help="URL of a live gate; omitted: in-process virtual time.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override the scenarios' seeds.")] = None,
+    concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
+) -> None:
+    """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
+    import pandas as pd
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
+
+    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
+        err.print(f"--out {out}: results go to a .parquet or .csv file")
+        raise typer.Exit(2)
+    loaded, invalid = [], False
+    for path in _scenario_files(scenarios):
+        try:
+            loaded.append(load_scenario(path, seed=seed))
+        except InvalidScenario as error:
+            invalid = True
+            for line in error.problems:
+                err.print(f"[red]{line}[/red]", highlight=False)
+    if invalid or not loaded:
+        if not loaded and not invalid:
+            err.print("no scenario files given")
+        raise typer.Exit(2)
+
+    frames = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
+        for scenario in loaded:
+            total = sum(subcase.conversations for subcase in scenario.subcases)
+            task = progress.add_task(scenario.name, total=total)
+            try:
+                frames.append(run_loaded_scenario(
+                    scenario, target=target, concurrency=concurrency,
+                    on_conversation_done=lambda task=task: progress.advance(task)))
+            except RunError as error:
+                err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
+                raise typer.Exit(1) from None
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    all_ok = _print_summary(frame)
+    if out is not None:
+        save_results(frame, out)
+        err.print(f"{len(frame)} rows written to {out}")
+    raise typer.Exit(0 if all_ok else 1)
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="Bot and scenario files (.toml or .json).")]) -> None:
+    """Validate bot and scenario files; list every problem. Exit 0, or 2 if any is invalid."""
+    from .core.bots import parse_bot, read_document
+    from .runner import InvalidScenario, parse_scenario
+
+    invalid = False
+    for path in files:
+        problems: list[str] = []
+        kind = "file"
+        try:
+            document = read_document(path)
+            if isinstance(document, dict) and "cases" in document:
+                kind = "scenario"
+                parse_scenario(document, base_dir=path.parent, source=str(path))
+            elif isinstance(document, dict) and "blocks" in document:
+                kind = "bot"
+                parse_bot(document, source=str(path))
+            else:
+                problems.append(f"{path}: neither a bot (no `blocks`) nor a scenario (no `cases`)")
+        except ValueError as error:  # unreadable file, InvalidBot, InvalidScenario
+            if isinstance(error, InvalidScenario):
+                problems.extend(error.problems)
+            elif isinstance(error, InvalidBot):
+                problems.extend(f"{path}: {problem}" for problem in error.problems)
+            else:
+                problems.append(str(error))
+        if problems:
+            invalid = True
+            for line in problems:
+                err.print(f"[red]{line}[/red]", highlight=False)
+        else:
+            out.print(f"{path}: valid {kind}", highlight=False)
+    raise typer.Exit(2 if invalid else 0)
+
+
+@app.command()
+def report(results: Annotated[Path, typer.Argument(help="A results file from `harness run --out`.")]) -> None:
+    """Print the summary table of a saved results file. Exit 1 if it records a failure."""
+    from .runner import load_results
+
+    try:
+        frame = load_results(results)
+    except ValueError as error:
+        err.print(str(error))
+        raise typer.Exit(2) from None
+    raise typer.Exit(0 if _print_summary(frame) else 1)
 
 
 def main() -> None:

@@ -1,0 +1,147 @@
+"""Results: one row per conversation as a typed pandas DataFrame, saved as Parquet or CSV.
+
+Columns (SPEC §6 and a few more): ``scenario, case, variant, conversation, conversation_key,
+bot, block, conversations, timeout_s, delay_s, key, calls, call_gap_s, signature,
+arrival_rate, started_at_s, statuses, first_status, outcome, reason, waited_s, resolved_by,
+conversation_status, expected_outcome, expected_status, passed, failure, thresholds, error``.
+
+Text columns with few values are categoricals; counts that may be missing are nullable
+``Int64``; ``passed`` is a nullable boolean (NA for exploratory cases); ``statuses`` lists
+every call's status, comma-separated, in call order; ``delay_s`` is NaN for ``never``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .thresholds import metric_value, parse_threshold
+
+__all__ = ["COLUMNS", "to_frame", "save_results", "load_results", "summarize", "threshold_verdicts"]
+
+_CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
+               "conversation_status", "expected_outcome", "thresholds")
+_NULLABLE_INTS = ("conversations", "timeout_s", "calls", "first_status", "resolved_by", "expected_status")
+_FLOATS = ("delay_s", "call_gap_s", "arrival_rate", "started_at_s", "waited_s")
+_STRINGS = ("conversation_key", "statuses", "failure", "error")
+COLUMNS = ("scenario", "case", "variant", "conversation", "conversation_key", "bot", "block", "conversations",
+           "timeout_s", "delay_s", "key", "calls", "call_gap_s", "signature", "arrival_rate", "started_at_s",
+           "statuses", "first_status", "outcome", "reason", "waited_s", "resolved_by", "conversation_status",
+           "expected_outcome", "expected_status", "passed", "failure", "thresholds", "error")
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows from the runner → the typed results DataFrame."""
+    frame = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
+    return _apply_dtypes(frame)
+
+
+def _apply_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for column in _CATEGORIES:
+        # Keep first-seen order so cases list in file order, not alphabetically.
+        values = frame[column].astype("object").where(frame[column].notna(), None)
+        frame[column] = pd.Categorical(values, categories=list(dict.fromkeys(values.dropna())))
+    for column in _NULLABLE_INTS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in _FLOATS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    for column in _STRINGS:
+        frame[column] = frame[column].astype("string")
+    frame["conversation"] = frame["conversation"].astype("int64")
+    frame["passed"] = frame["passed"].astype("boolean")
+    frame["statuses"] = frame["statuses"].fillna("")
+    return frame
+
+
+def save_results(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``.parquet`` (keeps dtypes) or ``.csv``; anything else is refused."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise ValueError(f"{path}: results go to a .parquet or .csv file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Read a results file written by ``harness run --out`` back with its dtypes."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix == ".csv":
+            frame = pd.read_csv(path, dtype={"statuses": "string", "variant": "string", "conversation_key": "string"},
+                                keep_default_na=False, na_values=[""])
+        else:
+            raise ValueError(f"{path}: results are read from .parquet or .csv files")
+    except (OSError, ValueError, ImportError) as error:
+        raise ValueError(f"{path}: cannot read results: {error}") from None
+    missing = [column for column in ("case", "conversation", "outcome", "waited_s") if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a results file (missing columns: {', '.join(missing)})")
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    if "variant" in frame.columns:
+        frame["variant"] = frame["variant"].astype("object").fillna("")
+    return _apply_dtypes(frame[list(COLUMNS)])
+
+
+def threshold_verdicts(rows: pd.DataFrame) -> list[tuple[str, bool, float]]:
+    """``(threshold, holds, measured)`` for the thresholds recorded in one sub-case's rows."""
+    recorded = rows["thresholds"].dropna()
+    if recorded.empty:
+        return []
+    verdicts = []
+    for text in str(recorded.iloc[0]).split("; "):
+        holds, value = parse_threshold(text).check(rows)
+        verdicts.append((text, holds, value))
+    return verdicts
+
+
+def _status_counts(statuses: pd.Series) -> str:
+    counts: dict[str, int] = {}
+    for joined in statuses:
+        for status in filter(None, str(joined).split(",")):
+            counts[status] = counts.get(status, 0) + 1
+    return " ".join(f"{status}×{count}" for status, count in sorted(counts.items())) or "-"
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (scenario, case, variant): rates, statuses, waits, expectations, thresholds."""
+    records = []
+    grouped = frame.groupby(["scenario", "case", "variant"], observed=True, sort=False)
+    for (scenario, case, variant), rows in grouped:
+        expected = rows["passed"].dropna()
+        verdicts = threshold_verdicts(rows)
+        records.append(
+            {
+                "scenario": scenario,
+                "case": case,
+                "variant": variant,
+                "n": len(rows),
+                "success_rate": metric_value("success_rate", rows),
+                "failure_rate": metric_value("failure_rate", rows),
+                "timeout_rate": metric_value("timeout_rate", rows),
+                "misattributed_rate": metric_value("misattributed_rate", rows),
+                "statuses": _status_counts(rows["statuses"]),
+                "p50_waited_s": metric_value("p50(waited_s)", rows),
+                "p95_waited_s": metric_value("p95(waited_s)", rows),
+                "expectations": f"{int(expected.sum())}/{len(expected)}" if len(expected) else "-",
+                "expectations_ok": bool(expected.all()) if len(expected) else True,
+                "thresholds": "; ".join(f"{'✓' if ok else '✗'} {text} ({value:.4g})" for text, ok, value in verdicts) or "-",
+                "thresholds_ok": all(ok for _, ok, _ in verdicts),
+                "errors": int(rows["error"].notna().sum()),
+            }
+        )
+    return pd.DataFrame.from_records(records)

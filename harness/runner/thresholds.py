@@ -1,0 +1,89 @@
+"""k6-style thresholds such as ``"success_rate >= 0.99"`` or ``"p95(waited_s) <= 60"``.
+
+>>> threshold = parse_threshold("p95(waited_s) <= 60")
+>>> threshold.metric, threshold.op, threshold.limit
+('p95(waited_s)', '<=', 60.0)
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "RATE_METRICS"]
+
+RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate")
+_AGGREGATES = ("p50", "p95", "p99", "mean", "max")
+_COLUMNS = ("waited_s", "delay_s")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
+}
+_PATTERN = re.compile(r"^\s*(?P<metric>[a-z0-9_]+(?:\(\s*[a-z_]+\s*\))?)\s*(?P<op><=|>=|==|<|>)\s*(?P<limit>\S+)\s*$")
+
+
+class ThresholdError(ValueError):
+    """A threshold that does not parse."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    text: str
+    metric: str
+    op: str
+    limit: float
+
+    def check(self, rows: pd.DataFrame) -> tuple[bool, float]:
+        """``(holds, measured value)`` for one (sub-)case's rows. NaN never holds."""
+        value = metric_value(self.metric, rows)
+        return (not np.isnan(value) and _OPS[self.op](value, self.limit)), value
+
+
+def parse_threshold(text: str) -> Threshold:
+    if not isinstance(text, str):
+        raise ThresholdError(f"must be a string like \"success_rate >= 0.99\", got {text!r}")
+    match = _PATTERN.match(text)
+    if match is None:
+        raise ThresholdError(f"{text!r} is not \"metric op number\" (ops: < <= > >= ==)")
+    metric = re.sub(r"\s+", "", match["metric"])
+    if metric not in RATE_METRICS:
+        aggregate, _, rest = metric.partition("(")
+        column = rest.rstrip(")")
+        if aggregate not in _AGGREGATES or column not in _COLUMNS:
+            raise ThresholdError(
+                f"unknown metric {metric!r}; use {', '.join(RATE_METRICS)} or "
+                f"{'/'.join(_AGGREGATES)} of {' or '.join(_COLUMNS)}, e.g. p95(waited_s)"
+            )
+    try:
+        limit = float(match["limit"])
+    except ValueError:
+        raise ThresholdError(f"{match['limit']!r} in {text!r} is not a number") from None
+    return Threshold(text=text, metric=metric, op=match["op"], limit=limit)
+
+
+def metric_value(metric: str, rows: pd.DataFrame) -> float:
+    """A metric over one (sub-)case's result rows."""
+    if len(rows) == 0:
+        return float("nan")
+    if metric == "success_rate":
+        return float((rows["outcome"] == "success").mean())
+    if metric == "failure_rate":
+        return float((rows["outcome"] == "failure").mean())
+    if metric == "timeout_rate":
+        return float((rows["reason"] == "timeout").mean())
+    if metric == "misattributed_rate":
+        resolved_by = rows["resolved_by"]
+        return float((resolved_by.notna() & (resolved_by != rows["conversation"])).fillna(False).mean())
+    aggregate, _, rest = metric.partition("(")
+    values = rows[rest.rstrip(")")].dropna().to_numpy(dtype=float)
+    if values.size == 0:
+        return float("nan")
+    if aggregate == "mean":
+        return float(values.mean())
+    if aggregate == "max":
+        return float(values.max())
+    return float(np.percentile(values, float(aggregate[1:])))
