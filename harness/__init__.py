@@ -1,1 +1,48 @@
-"""harness: a webhook gate for chatbot flows, and a scenario harness that drives it."""
+"""harness: a webhook gate for chatbot flows, and a scenario harness that drives it.
+
+The gate (``Gate``) holds bots and conversations and decides every webhook call and timeout;
+``create_app`` puts it behind HTTP (quart-trio); ``run_scenario`` drives simulated
+conversations against it, in virtual time in-process or in real time against a live server,
+and returns one row per conversation as a pandas DataFrame::
+
+    import harness
+    frame = harness.run_scenario("scenarios/payment.toml")
+    harness.summarize(frame)
+"""
+
+from __future__ import annotations
+
+from .core.bots import Bot, InvalidBot, load_bot, parse_bot
+from .core.errors import Refused
+from .core.gate import Gate
+from .core.signing import sign, verify
+from .runner import (
+    InvalidScenario,
+    RunError,
+    load_results,
+    load_scenario,
+    run_scenario,
+    save_results,
+    summarize,
+)
+from .server import create_app, serve
+
+__all__ = [
+    "Bot",
+    "Gate",
+    "InvalidBot",
+    "InvalidScenario",
+    "Refused",
+    "RunError",
+    "create_app",
+    "load_bot",
+    "load_results",
+    "load_scenario",
+    "parse_bot",
+    "run_scenario",
+    "save_results",
+    "serve",
+    "sign",
+    "summarize",
+    "verify",
+]

@@ -5,51 +5,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from .conftest import BOTS
-
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("bots")
-    # A one-second wait, so the timeout path is exercised for real without slowing the suite.
-    quick = (BOTS / "payment.toml").read_text().replace('id = "payment"', 'id = "quick"').replace("timeout_s = 120", "timeout_s = 1")
-    (folder / "quick.toml").write_text(quick)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "serve", "--port", str(port), "--max-body", "2048",
-         "--bots", str(BOTS / "payment.toml"), "--bots", str(folder)],
-        stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"harness serve did not start: {process.stderr.read() if process.poll() is not None else ''}")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_conversation_resolved_over_http(server: str) -> None:

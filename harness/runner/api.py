@@ -83,9 +83,9 @@ def run_scenario(
 
     Without ``target``: a fresh in-process gate in virtual time (a 300 s timeout costs
     milliseconds). With ``target="http://127.0.0.1:8000"``: in real time against that live gate.
-    ``seed`` overrides the file's seed. Raises ``InvalidScenario`` listing every problem.
+    ``seed`` overrides the file's seed. Raises ``InvalidScenario`` listing every problem::
 
-    >>> frame = run_scenario("scenarios/payment.toml")          # doctest: +SKIP
-    >>> frame.groupby("case", observed=True)["outcome"].value_counts()  # doctest: +SKIP
+        frame = run_scenario("scenarios/payment.toml")
+        frame.groupby("case", observed=True)["outcome"].value_counts()
     """
     return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target)
