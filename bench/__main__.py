@@ -1,0 +1,19 @@
+"""Run every benchmark: ``python3 -m bench --quick`` (CI smoke sizes) or ``python3 -m bench``."""
+
+from __future__ import annotations
+
+import sys
+
+from . import virtual_time
+
+BENCHMARKS = [virtual_time]
+
+
+def main() -> None:
+    quick = ["--quick"] if "--quick" in sys.argv[1:] else []
+    for benchmark in BENCHMARKS:
+        benchmark.main(quick)
+
+
+if __name__ == "__main__":
+    main()

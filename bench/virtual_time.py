@@ -1,0 +1,124 @@
+"""Virtual-time runner throughput against a bare loop making the same requests.
+
+Both sides run under ``trio.testing.MockClock(autojump_threshold=0)`` and talk to a quart-trio
+app through the same ``httpx.ASGITransport``. The bare side's app answers the same four routes
+with canned JSON and no gate logic; its loop makes, per conversation, the same requests as the
+runner: start the conversation, call the webhook after the delay, read the conversation back
+after the deadline. The ratio (runner conversations/s ÷ bare conversations/s) is the cost of the
+gate, the flow engine and the runner's bookkeeping on top of the framework.
+
+    python3 -m bench.virtual_time              # 1k, 10k, 50k conversations
+    python3 -m bench.virtual_time --quick      # 300, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import httpx
+import numpy as np
+import trio
+import trio.testing
+from quart import Response
+from quart_trio import QuartTrio
+
+from harness.runner import run_scenario
+
+from ._report import header, row
+
+TIMEOUT_S = 300
+PAYLOAD = {"data": {"amount": 42, "id": "pay_1", "items": [{"sku": "A1"}]}}
+
+
+def scenario(conversations: int) -> dict:
+    return {
+        "name": "bench",
+        "bot": "scenarios/bots/payment.toml",
+        "seed": 1,
+        "defaults": {"payload": PAYLOAD},
+        "cases": [{"name": "mixed", "conversations": conversations, "timeout_s": TIMEOUT_S,
+                   "delay_s": {"dist": "uniform", "low": 0, "high": 400}}],
+    }
+
+
+def bare_app() -> QuartTrio:
+    app = QuartTrio("bare")
+    keys = itertools.count()
+
+    def answer(body: dict, status: int = 200) -> Response:
+        return Response(json.dumps(body), status=status, content_type="application/json")
+
+    @app.post("/api/bots")
+    async def create_bot() -> Response:
+        return answer({"id": "bare"}, 201)
+
+    @app.post("/api/bots/<bot>/conversations")
+    async def start(bot: str) -> Response:
+        return answer({"conversation_key": f"k{next(keys)}", "status": "waiting", "waits": []}, 201)
+
+    @app.post("/webhooks/<bot>/<block>")
+    async def webhook(bot: str, block: str) -> Response:
+        from quart import request
+
+        body = json.loads(await request.get_data())
+        return answer({"status": "accepted", "conversation_key": body["conversation_key"]})
+
+    @app.get("/api/conversations/<key>")
+    async def conversation(key: str) -> Response:
+        return answer({"conversation_key": key, "status": "completed",
+                       "waits": [{"block": "wait_payment", "outcome": "failure", "reason": "timeout", "waited_s": 300.0}]})
+
+    return app
+
+
+async def bare_loop(conversations: int) -> None:
+    delays = np.random.default_rng(1).uniform(0, 400, conversations)
+    transport = httpx.ASGITransport(app=bare_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://bare") as client:
+
+        async def one(delay: float) -> None:
+            started = await client.post("/api/bots/bare/conversations")
+            opened_at = trio.current_time()
+            key = started.json()["conversation_key"]
+            await trio.sleep_until(opened_at + delay)
+            body = json.dumps({**PAYLOAD, "conversation_key": key}).encode()
+            await client.post("/webhooks/bare/wait", content=body, headers={"Content-Type": "application/json"})
+            await trio.sleep_until(opened_at + TIMEOUT_S)
+            (await client.get(f"/api/conversations/{key}")).json()
+
+        await client.post("/api/bots", json={})
+        async with trio.open_nursery() as nursery:
+            for delay in delays:
+                nursery.start_soon(one, float(delay))
+
+
+def measure(conversations: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    trio.run(bare_loop, conversations, clock=trio.testing.MockClock(autojump_threshold=0))
+    bare = time.perf_counter() - start
+    start = time.perf_counter()
+    frame = run_scenario(scenario(conversations))
+    gate = time.perf_counter() - start
+    assert len(frame) == conversations and frame["outcome"].notna().all()
+    return bare, gate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small size, for CI")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000, 10_000, 50_000])
+    args = parser.parse_args(argv)
+    sizes = [300] if args.quick else args.sizes
+    header("virtual time: runner vs bare loop (same requests, same transport, MockClock)")
+    row("conversations", "bare conv/s", "runner conv/s", "ratio", "runner s", "µs/conv")
+    for size in sizes:
+        bare, gate = measure(size)
+        row(size, f"{size / bare:,.0f}", f"{size / gate:,.0f}", f"{bare / gate:.2f}", f"{gate:.2f}",
+            f"{gate / size * 1e6:,.0f}")
+
+
+if __name__ == "__main__":
+    main()
