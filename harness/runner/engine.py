@@ -11,8 +11,8 @@ Per conversation, one trio task plays both sides:
    the runner, says what the outcome was.
 
 ``resolved_by`` comes from the 200s: the party whose call was accepted for a key resolved that
-key's wait. All randomness comes from ``numpy.random.default_rng([seed, subcase.index])``, so a
-sub-case's draws do not depend on the other cases.
+key's wait. All randomness comes from ``numpy.random.default_rng([seed, case position])``: the
+draws do not depend on the other cases, and the sub-cases of a sweep share them.
 """
 
 from __future__ import annotations
@@ -139,7 +139,9 @@ async def _run_subcase(
     rows: list[dict[str, Any]],
     on_done: Callable[[], None] | None,
 ) -> None:
-    rng = np.random.default_rng([scenario.seed, subcase.index])
+    # Common random numbers: every sub-case of a case draws the same stream, so a sweep compares
+    # its settings on the same callbacks instead of on fresh noise.
+    rng = np.random.default_rng([scenario.seed, subcase.case_index])
     n = subcase.conversations
     delays = subcase.delay.sample(rng, n)
     if subcase.arrival_rate is None:

@@ -74,7 +74,8 @@ class SubCase:
 
     case: str
     variant: str
-    index: int  # position among all sub-cases of the scenario; seeds its random stream
+    index: int  # position among all sub-cases of the scenario
+    case_index: int  # position of its case in the file; seeds the random stream
     block: str
     conversations: int
     timeout_s: int  # effective: the override, or the block's own
@@ -159,7 +160,8 @@ def parse_scenario(document: Any, *, base_dir: Path | None = None, source: str =
                 problem(f"{where}.{key}", "unknown case field")
         merged = {**DEFAULTS, **{k: v for k, v in defaults.items() if k in CASE_FIELDS},
                   **{k: v for k, v in case.items() if k in CASE_FIELDS}}
-        subcases.extend(_expand(case_name, merged, bot, len(subcases), lambda f, r, w=where: problem(f"{w}.{f}", r)))
+        subcases.extend(_expand(case_name, position, merged, bot, len(subcases),
+                                lambda f, r, w=where: problem(f"{w}.{f}", r)))
 
     if problems:
         raise InvalidScenario(problems)
@@ -180,7 +182,8 @@ def _load_scenario_bot(raw: Any, base_dir: Path, problem: Any) -> Bot | None:
     return None
 
 
-def _expand(case_name: str, merged: dict[str, Any], bot: Bot | None, first_index: int, problem: Any) -> list[SubCase]:
+def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | None, first_index: int,
+            problem: Any) -> list[SubCase]:
     """Validate one case's fields and expand its sweeps into sub-cases."""
     errors: list[str] = []
 
@@ -246,6 +249,7 @@ def _expand(case_name: str, merged: dict[str, Any], bot: Bot | None, first_index
                 case=case_name,
                 variant=variant,
                 index=first_index + len(subcases),
+                case_index=case_index,
                 block=block,
                 conversations=values["conversations"],
                 timeout_s=timeout if timeout is not None else block_timeout,
