@@ -15,6 +15,7 @@ import trio
 from harness.core.bots import Bot, load_bot, parse_bot
 from harness.core.gate import Gate
 from harness.server import create_app
+from harness.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTS = ROOT / "scenarios" / "bots"
@@ -48,9 +49,11 @@ def webhook_bot(timeout_s: int = 30, secret: str = "", bot_id: str = "pay", **ma
     )
 
 
-@pytest.fixture
-async def gate(nursery: trio.Nursery) -> Gate:
-    gate = Gate(public_url=PUBLIC_URL)
+@pytest.fixture(params=["memory", "sqlite"])
+async def gate(request: pytest.FixtureRequest, nursery: trio.Nursery, tmp_path: Path) -> Gate:
+    """A running gate; every test using it runs once per store."""
+    store = open_store("memory" if request.param == "memory" else f"sqlite:{tmp_path / 'gate.db'}")
+    gate = Gate(public_url=PUBLIC_URL, store=store)
     await nursery.start(gate.run)
     return gate
 
@@ -78,31 +81,55 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class ServerProcess:
+    """`harness serve` in a subprocess on a free port; its log goes to a file (a pipe could fill)."""
+
+    def __init__(self, *args: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log_path = log
+        self._log = log.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "serve", "--port", str(self.port), *args], stderr=self._log,
+        )
+        for _ in range(150):
+            try:
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"harness serve did not start: {log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no flush — a crash."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self._log.close()
+
+
+def quick_bot_folder(folder: Path, timeout_s: int = 1) -> Path:
+    """A folder with a copy of the payment bot, id 'quick', waiting ``timeout_s``."""
+    text = (BOTS / "payment.toml").read_text()
+    (folder / "quick.toml").write_text(text.replace('id = "payment"', 'id = "quick"').replace("timeout_s = 120", f"timeout_s = {timeout_s}"))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("bots")
-    # A one-second wait, so the timeout path is exercised for real without slowing the suite.
-    quick = (BOTS / "payment.toml").read_text().replace('id = "payment"', 'id = "quick"').replace("timeout_s = 120", "timeout_s = 1")
-    (folder / "quick.toml").write_text(quick)
-    port = free_port()
-    log_file = (folder / "serve.log").open("w")  # a pipe could fill up and stall the server
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "serve", "--port", str(port), "--max-body", "2048",
-         "--bots", str(BOTS / "payment.toml"), "--bots", str(folder)],
-        stderr=log_file, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """One shared gate on real HTTP with the payment bot and a 1 s 'quick' copy of it."""
+    folder = quick_bot_folder(tmp_path_factory.mktemp("bots"))
+    process = ServerProcess("--max-body", "2048", "--bots", str(BOTS / "payment.toml"), "--bots", str(folder),
+                            log=folder / "serve.log")
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"harness serve did not start: {(folder / 'serve.log').read_text()}")
-        yield url
+        yield process.url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log_file.close()
+        process.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -50,15 +51,24 @@ class WallClock:
     :meth:`unix` are never stale however far virtual time has jumped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall
         self._offset: float | None = None
 
-    def unix(self, trio_time: float) -> float:
+    def _fixed_offset(self) -> float:
         if self._offset is None:
             import trio
 
-            self._offset = time.time() - trio.current_time()
-        return self._offset + trio_time
+            self._offset = self._wall() - trio.current_time()
+        return self._offset
+
+    def unix(self, trio_time: float) -> float:
+        """Unix seconds for a reading of trio's clock."""
+        return self._fixed_offset() + trio_time
+
+    def from_unix(self, unix_seconds: float) -> float:
+        """The trio-clock reading for a unix time (e.g. a deadline read back from storage)."""
+        return unix_seconds - self._fixed_offset()
 
     def iso(self, trio_time: float | None) -> str | None:
         return None if trio_time is None else iso_timestamp(self.unix(trio_time))

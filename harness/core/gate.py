@@ -85,12 +85,15 @@ class GateStats:
 class Gate:
     """Holds bots and conversations and decides every webhook call and every timeout."""
 
-    def __init__(self, *, store: Store | None = None, public_url: str = "http://127.0.0.1:8000") -> None:
+    def __init__(self, *, store: Store | None = None, public_url: str = "http://127.0.0.1:8000",
+                 clock: WallClock | None = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.public_url = public_url.rstrip("/")
-        self.clock = WallClock()
+        self.clock = clock if clock is not None else WallClock()
+        self.store.bind(self.clock)
         self.stats = GateStats()
-        self._deadlines: list[tuple[float, int, Conversation, Wait]] = []
+        # (deadline, tie-breaker, conversation key, index of the wait in conversation.waits)
+        self._deadlines: list[tuple[float, int, str, int]] = []
         self._sequence = itertools.count()
         self._wake: trio.Event | None = None
 
@@ -103,16 +106,16 @@ class Gate:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fire deadlines until cancelled. Start it with ``await nursery.start(gate.run)``.
 
-        On start it re-arms the open waits the store holds; those whose deadline passed while
-        nothing was running resolve at once as ``failure``/``timeout``.
+        On start it re-arms the open waits the store holds (after a restart, with their original
+        deadlines); those whose deadline passed while nothing was running resolve at once as
+        ``failure``/``timeout`` and take the failure edge.
         """
         if self._wake is not None:
             raise RuntimeError("Gate.run() is already running")
         self._wake = trio.Event()
         for conversation in self.store.waiting_conversations():
-            wait = conversation.open_wait
-            if wait is not None:
-                self._arm(conversation, wait)
+            if conversation.open_wait is not None:
+                self._arm(conversation)
         task_status.started()
         try:
             while True:
@@ -125,12 +128,14 @@ class Gate:
             self._wake = None
 
     def open_wait_count(self) -> int:
-        """Waits armed and not yet resolved (resolved ones leave the heap lazily)."""
-        return sum(1 for _, _, _, wait in self._deadlines if wait.is_open)
+        """Waits open in the store right now."""
+        return self.store.open_wait_count()
 
-    def _arm(self, conversation: Conversation, wait: Wait) -> None:
+    def _arm(self, conversation: Conversation) -> None:
+        """Schedule the deadline of the conversation's open wait (its last one)."""
+        index = len(conversation.waits) - 1
+        entry = (conversation.waits[index].deadline, next(self._sequence), conversation.key, index)
         self.stats.waits_opened += 1
-        entry = (wait.deadline, next(self._sequence), conversation, wait)
         heapq.heappush(self._deadlines, entry)
         if self._deadlines[0] is entry and self._wake is not None:
             self._wake.set()  # the scheduler sleeps until a later deadline: wake it up
@@ -138,16 +143,15 @@ class Gate:
     def _expire_due(self, now: float) -> None:
         heap = self._deadlines
         while heap and heap[0][0] <= now:
-            deadline, _, conversation, wait = heapq.heappop(heap)
-            if wait.is_open:  # resolved by a call already: nothing to do
-                self.stats.observe_lateness(now - deadline)
-                self._expire(conversation, wait, now)
-
-    def _expire(self, conversation: Conversation, wait: Wait, now: float) -> None:
-        wait.resolve("failure", "timeout", now)
-        self._resolved(conversation, wait)
-        bot = self._bot(conversation.bot)
-        self._continue(conversation, bot, bot.blocks[wait.block].edges["failure"], now)
+            deadline, _, key, index = heapq.heappop(heap)
+            conversation = self.store.get_conversation(key)
+            if conversation is None or not conversation.waits[index].is_open:
+                continue  # resolved by a call already (here or in another process)
+            self.stats.observe_lateness(now - deadline)
+            wait = conversation.waits[index]
+            wait.resolve("failure", "timeout", now)
+            bot = self._bot(conversation.bot)
+            self._continue(conversation, bot, bot.blocks[wait.block].edges["failure"], now, resolved=index)
 
     # -- bots ---------------------------------------------------------------------------------
 
@@ -191,8 +195,10 @@ class Gate:
         conversation = Conversation(key=key, bot=bot.id, url=url, started_at=now)
         conversation.variables.update(variables or {})
         conversation.variables.update({"conversation_key": key, "Conversation URL": url})
+        advance(conversation, bot, bot.start, now)
         self.store.add_conversation(conversation)
-        self._continue(conversation, bot, bot.start, now)
+        if conversation.open_wait is not None:
+            self._arm(conversation)
         return conversation
 
     def get_conversation(self, key: str) -> Conversation:
@@ -201,11 +207,20 @@ class Gate:
             raise Refused("unknown_conversation", "no conversation has that key")
         return conversation
 
-    def _continue(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> None:
-        wait = advance(conversation, bot, block_id, now)
-        if wait is not None:
-            self._arm(conversation, wait)
-        self.store.save_conversation(conversation)
+    def _continue(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float, *,
+                  resolved: int) -> bool:
+        """Run the flow on after wait ``resolved`` and commit it all as one store transaction.
+
+        Returns False when the store refuses because another process resolved that wait first;
+        the in-memory copy is then stale and must be dropped.
+        """
+        advance(conversation, bot, block_id, now)
+        if not self.store.commit(conversation, resolved_wait=resolved):
+            return False
+        self._resolved(conversation, conversation.waits[resolved])
+        if conversation.open_wait is not None:
+            self._arm(conversation)
+        return True
 
     def _resolved(self, conversation: Conversation, wait: Wait) -> None:
         self.stats.resolutions[(wait.outcome or "", wait.reason or "")] += 1
@@ -256,8 +271,14 @@ class Gate:
                 mapped[variable] = value
             else:
                 missing.append(variable)
+        index = len(conversation.waits) - 1
         wait.resolve("success", "received", now)
-        self._resolved(conversation, wait)
         conversation.variables.update(mapped)
-        self._continue(conversation, self._bot(bot_id), block.edges["success"], now)
+        if not self._continue(conversation, self._bot(bot_id), block.edges["success"], now, resolved=index):
+            # Another process sharing the store resolved this wait between our read and our write.
+            current = self.get_conversation(key)
+            latest = current.latest_wait_at(block_id)
+            if latest is not None and latest.expired_at(now):
+                raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")
+            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
         return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)

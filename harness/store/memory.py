@@ -3,17 +3,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..core.bots import Bot
-from ..core.conversations import Conversation
+from ..core.conversations import Conversation, WallClock
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """Bots and conversations in dicts; lost when the process ends."""
+    """Bots and conversations in dicts, as live objects; lost when the process ends.
+
+    There is one process and no await inside the gate's state changes, so :meth:`commit` has
+    nothing to arbitrate: the gate has already checked that the wait was open.
+    """
 
     def __init__(self) -> None:
         self._bots: dict[str, Bot] = {}
         self._conversations: dict[str, Conversation] = {}
+
+    def bind(self, clock: WallClock) -> None:
+        pass  # times stay on trio's clock in memory
 
     def add_bot(self, bot: Bot) -> None:
         self._bots[bot.id] = bot
@@ -30,11 +37,14 @@ class MemoryStore:
     def get_conversation(self, key: str) -> Conversation | None:
         return self._conversations.get(key)
 
-    def save_conversation(self, conversation: Conversation) -> None:
-        pass  # the dict already holds the live object
+    def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
+        return True  # the dict holds the live object, already changed
 
     def waiting_conversations(self) -> Iterable[Conversation]:
         return [c for c in self._conversations.values() if c.open_wait is not None]
+
+    def open_wait_count(self) -> int:
+        return sum(1 for c in self._conversations.values() if c.open_wait is not None)
 
     def __len__(self) -> int:
         return len(self._conversations)
