@@ -167,7 +167,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
 
     def bot_body(bot_id: str) -> dict[str, Any]:
         bot = gate.get_bot(bot_id)
-        return {**bot.to_dict(), "webhooks": gate.webhook_urls(bot)}
+        return {**bot.public_dict(), "webhooks": gate.webhook_urls(bot)}
 
     @app.post("/api/bots")
     async def create_bot() -> Response:

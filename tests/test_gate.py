@@ -151,3 +151,34 @@ def test_scheduler_must_run_before_conversations_start() -> None:
             gate.start_conversation("pay")
 
     trio.run(main)
+
+
+async def test_ten_thousand_waits_interleaved_resolve_exactly_once(gate: Gate, autojump_clock) -> None:
+    """Callbacks (some duplicated, some late) and deadlines interleave; each wait resolves once."""
+    import random
+
+    rng = random.Random(5)
+    gate.add_bot(webhook_bot(timeout_s=60))
+    conversations = [gate.start_conversation("pay") for _ in range(10_000)]
+    outcomes: dict[str, list[int]] = {c.key: [] for c in conversations}
+
+    async def party(key: str) -> None:
+        for _ in range(rng.choice([0, 1, 1, 2, 3])):
+            await trio.sleep(rng.uniform(0, 90))
+            try:
+                gate.deliver("pay", "wait", {"conversation_key": key})
+                outcomes[key].append(200)
+            except Refused as error:
+                outcomes[key].append({"wait_expired": 410, "not_waiting": 409}[error.code])
+
+    async with trio.open_nursery() as nursery:
+        for conversation in conversations:
+            nursery.start_soon(party, conversation.key)
+    await trio.sleep(61)
+    resolved = [gate.get_conversation(c.key).waits for c in conversations]
+    assert all(len(waits) == 1 and waits[0].outcome is not None for waits in resolved)
+    successes = sum(1 for waits in resolved if waits[0].outcome == "success")
+    assert successes == sum(statuses.count(200) for statuses in outcomes.values())
+    assert all(statuses.count(200) <= 1 for statuses in outcomes.values())
+    assert sum(gate.stats.resolutions.values()) == 10_000 and 0 < successes < 10_000
+    assert gate.open_wait_count() == 0

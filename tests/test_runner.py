@@ -232,3 +232,17 @@ def test_live_run_does_not_use_a_different_bot_with_the_same_id(server: str) -> 
     httpx.post(f"{server}/api/bots", json=impostor)
     frame = run_scenario(scenario({"name": "x", "conversations": 2, "timeout_s": 3, "delay_s": 0.1}), target=server)
     assert frame["bot"].iloc[0].startswith("payment.t3.") and (frame["outcome"] == "success").all()
+
+
+@pytest.mark.slow
+def test_live_runs_of_a_signed_bot_never_reuse_a_bot_whose_secret_they_cannot_see(server: str) -> None:
+    document = {"bot": str(BOTS / "payment_signed.toml"), "seed": 1,
+                "cases": [{"name": "signed", "conversations": 3, "timeout_s": 2, "delay_s": 0.1,
+                           "expect": {"outcome": "success", "status": 200}}]}
+    ids = []
+    for _ in range(3):
+        frame = run_scenario(document, target=server)
+        assert frame["passed"].all(), frame[["failure", "error"]]
+        ids.append(frame["bot"].iloc[0])
+    assert ids[0] == "payment_signed.t2"
+    assert ids[1] == ids[2] and ids[1].startswith("payment_signed.t2.")

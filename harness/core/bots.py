@@ -25,6 +25,7 @@ from .mapping import PathSyntaxError, PayloadPath, parse_path
 
 __all__ = [
     "MAX_MAPPINGS",
+    "REDACTED",
     "TIMEOUT_RANGE",
     "BLOCK_TYPES",
     "CONDITION_OPS",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 MAX_MAPPINGS = 50
+REDACTED = "********"
 TIMEOUT_RANGE = range(1, 301)
 CONDITION_OPS = ("equals", "not_equals", "exists", "gt", "lt", "contains")
 # Ids appear in URLs (/webhooks/{bot}/{block}), so they keep to characters that need no escaping.
@@ -113,6 +115,18 @@ class Bot:
     def to_dict(self) -> dict[str, Any]:
         """The bot as a JSON-ready document (what ``POST /api/bots`` accepts)."""
         return json.loads(json.dumps(self.document))
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with every webhook secret replaced by :data:`REDACTED`: what the API shows."""
+        document = self.to_dict()
+        for block in self.blocks.values():
+            if block.secret:
+                document["blocks"][block.id]["secret"] = REDACTED
+        return document
+
+    @property
+    def has_secrets(self) -> bool:
+        return any(block.secret for block in self.blocks.values())
 
     def webhook_blocks(self) -> list[str]:
         return [block.id for block in self.blocks.values() if block.type == "webhook"]

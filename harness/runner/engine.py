@@ -62,24 +62,26 @@ async def register_bot(driver: Driver, bot: Bot) -> str:
     """Make sure the gate has ``bot``; return the id it is known by there.
 
     An id taken by a bot with other content gets a content-derived id instead
-    (``payment.3f2a9c1e``), so the run never uses someone else's flow.
+    (``payment.3f2a9c1e``), so the run never uses someone else's flow. The API never shows
+    secrets, so a taken plain id is only reused for a bot without secrets; a taken derived id
+    is reused when its visible content matches (its name already encodes the secret's hash).
     """
     wanted = bot.to_dict()
-    candidates = [bot.id, f"{bot.id}.{hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:8]}"]
-    for bot_id in candidates:
+    digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:8]
+    for bot_id, reusable in ((bot.id, not bot.has_secrets), (f"{bot.id}.{digest}", True)):
         document = {**wanted, "id": bot_id}
         response = await driver.request("POST", "/api/bots", json=document)
         if response.status_code == 201:
             return bot_id
         if response.status_code == 409:
             existing = await driver.request("GET", f"/api/bots/{bot_id}")
-            if existing.status_code == 200:
+            if reusable and existing.status_code == 200:
                 remote = {k: v for k, v in existing.json().items() if k != "webhooks"}
-                if remote == parse_bot(document).to_dict():
+                if remote == parse_bot(document).public_dict():
                     return bot_id
             continue
         raise RunError(f"the gate refused bot {bot_id!r}: {response.status_code} {response.text[:500]}")
-    raise RunError(f"bot ids {', '.join(candidates)} are all taken by bots with other content")
+    raise RunError(f"bot ids {bot.id} and {bot.id}.{digest} are both taken by bots with other content")
 
 
 async def register_bots(scenario: Scenario, driver: Driver) -> dict[tuple[str, int], str]:
