@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from . import virtual_time
+from . import http_throughput, timer_lateness, virtual_time, waits_memory
 
-BENCHMARKS = [virtual_time]
+BENCHMARKS = [virtual_time, http_throughput, waits_memory, timer_lateness]
 
 
 def main() -> None:

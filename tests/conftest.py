@@ -1,9 +1,5 @@
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +12,7 @@ from harness.core.bots import Bot, load_bot, parse_bot
 from harness.core.gate import Gate
 from harness.server import create_app
 from harness.store import open_store
+from harness.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTS = ROOT / "scenarios" / "bots"
@@ -75,47 +72,6 @@ async def start(client: httpx.AsyncClient, bot: str = "pay", **variables: Any) -
 # -- a real `harness serve` process, shared by the tests that need real HTTP ----------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerProcess:
-    """`harness serve` in a subprocess on a free port; its log goes to a file (a pipe could fill)."""
-
-    def __init__(self, *args: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log_path = log
-        self._log = log.open("a")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", "serve", "--port", str(self.port), *args], stderr=self._log,
-        )
-        for _ in range(150):
-            try:
-                if httpx.get(f"{self.url}/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"harness serve did not start: {log.read_text()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no flush — a crash."""
-        self.process.kill()
-        self.process.wait(timeout=10)
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self._log.close()
-
-
 def quick_bot_folder(folder: Path, timeout_s: int = 1) -> Path:
     """A folder with a copy of the payment bot, id 'quick', waiting ``timeout_s``."""
     text = (BOTS / "payment.toml").read_text()
@@ -127,8 +83,8 @@ def quick_bot_folder(folder: Path, timeout_s: int = 1) -> Path:
 def server(tmp_path_factory) -> Iterator[str]:
     """One shared gate on real HTTP with the payment bot and a 1 s 'quick' copy of it."""
     folder = quick_bot_folder(tmp_path_factory.mktemp("bots"))
-    process = ServerProcess("--max-body", "2048", "--bots", str(BOTS / "payment.toml"), "--bots", str(folder),
-                            log=folder / "serve.log")
+    process = ServerProcess.harness_serve("--max-body", "2048", "--bots", str(BOTS / "payment.toml"),
+                                          "--bots", str(folder), log=folder / "serve.log")
     try:
         yield process.url
     finally:

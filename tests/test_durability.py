@@ -16,7 +16,9 @@ from harness.core.errors import Refused
 from harness.core.gate import Gate
 from harness.store import SqliteStore
 
-from .conftest import BOTS, ServerProcess, quick_bot_folder, webhook_bot
+from harness.testing import ServerProcess
+
+from .conftest import BOTS, quick_bot_folder, webhook_bot
 
 
 def run_virtual(function, *args):
@@ -134,7 +136,7 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
 def test_sigkill_and_restart_of_harness_serve(tmp_path: Path) -> None:
     folder = quick_bot_folder(tmp_path, timeout_s=2)
     args = ("--store", f"sqlite:{tmp_path / 'gate.db'}", "--bots", str(BOTS / "payment.toml"), "--bots", str(folder))
-    first = ServerProcess(*args, log=tmp_path / "first.log")
+    first = ServerProcess.harness_serve(*args, log=tmp_path / "first.log")
     with httpx.Client(base_url=first.url) as client:
         waiting = client.post("/api/bots/payment/conversations").json()
         overdue = client.post("/api/bots/quick/conversations").json()
@@ -143,7 +145,7 @@ def test_sigkill_and_restart_of_harness_serve(tmp_path: Path) -> None:
                            json={"conversation_key": paid["conversation_key"], "data": {"amount": 5}}).status_code == 200
     first.kill()
     time.sleep(2.2)  # the 2 s wait's deadline passes while no server runs
-    second = ServerProcess(*args, log=tmp_path / "second.log")
+    second = ServerProcess.harness_serve(*args, log=tmp_path / "second.log")
     try:
         with httpx.Client(base_url=second.url) as client:
             now_waiting = client.get(f"/api/conversations/{waiting['conversation_key']}").json()
@@ -166,8 +168,8 @@ def test_sigkill_and_restart_of_harness_serve(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_server_processes_sharing_a_file_accept_one_call(tmp_path: Path) -> None:
     database = f"sqlite:{tmp_path / 'gate.db'}"
-    one = ServerProcess("--store", database, "--bots", str(BOTS / "payment.toml"), log=tmp_path / "one.log")
-    two = ServerProcess("--store", database, log=tmp_path / "two.log")
+    one = ServerProcess.harness_serve("--store", database, "--bots", str(BOTS / "payment.toml"), log=tmp_path / "one.log")
+    two = ServerProcess.harness_serve("--store", database, log=tmp_path / "two.log")
     try:
         for round_ in range(5):
             key = httpx.post(f"{one.url}/api/bots/payment/conversations").json()["conversation_key"]
