@@ -5,13 +5,14 @@ Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input file is
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -98,9 +99,9 @@ def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
-    bots: Annotated[Optional[list[Path]], typer.Option("--bots", help="Bot files or folders to load.")] = None,
+    bots: Annotated[list[Path] | None, typer.Option("--bots", help="Bot files or folders to load.")] = None,
     store: Annotated[str, typer.Option(help="memory, or sqlite:PATH")] = "memory",
-    public_url: Annotated[Optional[str], typer.Option(help="Base URL in conversation and webhook URLs.")] = None,
+    public_url: Annotated[str | None, typer.Option(help="Base URL in conversation and webhook URLs.")] = None,
     max_body: Annotated[int, typer.Option(help="Largest webhook body accepted, in bytes.")] = 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
 ) -> None:
@@ -149,7 +150,7 @@ def serve(
         err.print("stopped")
 
 
-def _print_summary(frame: "pd.DataFrame") -> bool:
+def _print_summary(frame: pd.DataFrame) -> bool:
     """Print one table per scenario; return True when every expectation and threshold held."""
     from rich.table import Table
 
@@ -190,9 +191,9 @@ def _scenario_files(paths: list[Path]) -> list[Path]:
 @app.command()
 def run(
     scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (or folders of them).")],
-    target: Annotated[Optional[str], typer.Option(help="URL of a live gate; omitted: in-process virtual time.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Override the scenarios' seeds.")] = None,
+    target: Annotated[str | None, typer.Option(help="URL of a live gate; omitted: in-process virtual time.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
@@ -226,7 +227,7 @@ def run(
             try:
                 frames.append(run_loaded_scenario(
                     scenario, target=target, concurrency=concurrency,
-                    on_conversation_done=lambda task=task: progress.advance(task)))
+                    on_conversation_done=functools.partial(progress.advance, task)))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
                 raise typer.Exit(1) from None

@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.analysis import ecdf, minimal_timeout, misattribution, outcome_table, status_table, success_curve, wilson_interval
+from harness.analysis import (
+    ecdf,
+    minimal_timeout,
+    misattribution,
+    outcome_table,
+    status_table,
+    success_curve,
+    wilson_interval,
+)
 from harness.runner import run_scenario
 
 from .conftest import BOTS

@@ -15,7 +15,6 @@ from harness.core.conversations import WallClock
 from harness.core.errors import Refused
 from harness.core.gate import Gate
 from harness.store import SqliteStore
-
 from harness.testing import ServerProcess
 
 from .conftest import BOTS, quick_bot_folder, webhook_bot
@@ -165,6 +164,22 @@ def test_sigkill_and_restart_of_harness_serve(tmp_path: Path) -> None:
         second.stop()
 
 
+async def split_calls(key: str, urls: tuple[str, ...], calls: int) -> list[int]:
+    """``calls`` concurrent webhook calls for ``key``, spread over the servers at ``urls``."""
+    statuses: list[int] = []
+    async with httpx.AsyncClient() as client:
+
+        async def call(url: str, amount: int) -> None:
+            response = await client.post(f"{url}/webhooks/payment/wait_payment",
+                                         json={"conversation_key": key, "data": {"amount": amount}})
+            statuses.append(response.status_code)
+
+        async with trio.open_nursery() as nursery:
+            for amount in range(calls):
+                nursery.start_soon(call, urls[amount % len(urls)], amount)
+    return statuses
+
+
 @pytest.mark.slow
 def test_two_server_processes_sharing_a_file_accept_one_call(tmp_path: Path) -> None:
     database = f"sqlite:{tmp_path / 'gate.db'}"
@@ -173,20 +188,7 @@ def test_two_server_processes_sharing_a_file_accept_one_call(tmp_path: Path) -> 
     try:
         for round_ in range(5):
             key = httpx.post(f"{one.url}/api/bots/payment/conversations").json()["conversation_key"]
-            statuses: list[int] = []
-
-            async def hammer() -> None:
-                async with httpx.AsyncClient() as client:
-                    async def call(url: str, amount: int) -> None:
-                        response = await client.post(f"{url}/webhooks/payment/wait_payment",
-                                                     json={"conversation_key": key, "data": {"amount": amount}})
-                        statuses.append(response.status_code)
-
-                    async with trio.open_nursery() as nursery:
-                        for amount in range(20):
-                            nursery.start_soon(call, (one.url, two.url)[amount % 2], amount)
-
-            trio.run(hammer)
+            statuses = trio.run(split_calls, key, (one.url, two.url), 20)
             assert sorted(statuses) == [200] + [409] * 19, (round_, statuses)
             for url in (one.url, two.url):
                 conversation = httpx.get(f"{url}/api/conversations/{key}").json()

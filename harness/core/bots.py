@@ -202,6 +202,7 @@ def parse_bot(document: Any, source: str | None = None) -> Bot:
 
     if problems.items:
         raise InvalidBot(problems.items, source)
+    assert isinstance(bot_id, str) and isinstance(start, str) and isinstance(name, str)  # checked above
     clean = {key: value for key, value in document.items() if key != "webhooks"}
     clean.setdefault("name", bot_id)
     return Bot(id=bot_id, name=name, start=start, blocks=blocks, document=clean)

@@ -53,7 +53,8 @@ async def in_process(*, max_body: int = 1024 * 1024) -> AsyncIterator[Driver]:
     gate = Gate(public_url=IN_PROCESS_URL)
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
-        transport = httpx.ASGITransport(app=create_app(gate, max_body=max_body))
+        # QuartTrio's precise ASGI types are narrower than httpx's generic ones; it is an ASGI app.
+        transport = httpx.ASGITransport(app=create_app(gate, max_body=max_body))  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url=IN_PROCESS_URL) as client:
             yield Driver(client=client, virtual=True, gate=gate)
         nursery.cancel_scope.cancel()

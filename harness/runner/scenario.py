@@ -194,12 +194,12 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
     choices: dict[str, list[Any]] = {}
     for name in SWEEPABLE:
         raw = merged[name]
-        values = raw if isinstance(raw, list) else [raw]
+        raw_values = raw if isinstance(raw, list) else [raw]
         if isinstance(raw, list) and not raw:
             bad(name, "an empty list sweeps nothing")
             continue
         parsed = []
-        for value in values:
+        for value in raw_values:
             try:
                 parsed.append(_parse_field(name, value))
             except ValueError as error:
@@ -239,7 +239,7 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
 
     swept = [name for name in SWEEPABLE if isinstance(merged[name], list)]
     block_timeout = bot.blocks[block].timeout_s
-    subcases = []
+    subcases: list[SubCase] = []
     for combination in itertools.product(*(choices[name] for name in SWEEPABLE)):
         values = dict(zip(SWEEPABLE, combination))
         variant = ",".join(f"{name}={_label(values[name])}" for name in swept)
@@ -309,9 +309,8 @@ def _parse_field(name: str, value: Any) -> Any:
     elif name == "signature":
         if value not in SIGNATURE_MODES:
             raise ValueError(f"must be one of {', '.join(SIGNATURE_MODES)}, got {value!r}")
-    elif name == "arrival_rate":
-        if value is not None and (not _is_number(value) or value <= 0):
-            raise ValueError(f"must be a positive number of conversations per second, got {value!r}")
+    elif name == "arrival_rate" and value is not None and (not _is_number(value) or value <= 0):
+        raise ValueError(f"must be a positive number of conversations per second, got {value!r}")
     return value
 
 
