@@ -84,3 +84,12 @@ def test_serve_refuses_invalid_bots_before_listening(tmp_path: Path) -> None:
     broken.write_text('id = "b"\n')
     result = runner.invoke(app, ["serve", "--bots", str(broken), "--port", "0"])
     assert result.exit_code == 2 and "broken.toml" in result.stderr
+
+
+def test_run_against_an_unreachable_gate_says_so(tmp_path: Path) -> None:
+    from harness.testing import free_port
+
+    scenario = write_scenario(tmp_path, 'name = "ok"')
+    result = runner.invoke(app, ["run", str(scenario), "--target", f"http://127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert "cannot reach the gate at http://127.0.0.1:" in result.stderr

@@ -10,6 +10,7 @@ import trio
 
 from harness.core.gate import Gate
 from harness.core.signing import HEADER, sign
+from harness.server import create_app
 
 from .conftest import start, webhook_bot
 
@@ -288,3 +289,26 @@ async def test_metrics(client: httpx.AsyncClient, pay: Gate, autojump_clock) -> 
 async def test_the_api_never_shows_a_secret(client: httpx.AsyncClient, signed: Gate) -> None:
     for response in (await client.get("/api/bots/pay"), await client.get("/api/bots")):
         assert SECRET not in response.text and "********" in response.text
+
+
+async def test_an_unexpected_error_is_a_json_500_and_the_server_goes_on(client, pay: Gate, monkeypatch) -> None:
+    key = (await start(client))["conversation_key"]
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(pay, "deliver", broken)
+    response = await client.post(URL, json={"conversation_key": key})
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal_error", "detail": "unexpected server error"}
+    monkeypatch.undo()
+    assert (await client.post(URL, json={"conversation_key": key})).status_code == 200
+
+
+async def test_quarts_own_test_client_works_too(gate: Gate) -> None:
+    gate.add_bot(webhook_bot())
+    test_client = create_app(gate).test_client()
+    created = await test_client.post("/api/bots/pay/conversations", json={})
+    key = (await created.get_json())["conversation_key"]
+    response = await test_client.post(URL, json={"conversation_key": key, "data": {"amount": 3}})
+    assert response.status_code == 200 and (await response.get_json())["mapped"] == {"amount": 3}

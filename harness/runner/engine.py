@@ -120,7 +120,10 @@ async def execute(
     on_conversation_done: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every sub-case of ``scenario`` concurrently; return one row per conversation."""
-    bot_ids = await register_bots(scenario, driver)
+    try:
+        bot_ids = await register_bots(scenario, driver)
+    except httpx.HTTPError as error:
+        raise RunError(f"cannot reach the gate at {driver.client.base_url}: {error}") from None
     rows: list[dict[str, Any]] = []
     async with trio.open_nursery() as nursery:
         for subcase in scenario.subcases:
