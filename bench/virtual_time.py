@@ -7,8 +7,10 @@ runner: start the conversation, call the webhook after the delay, read the conve
 after the deadline. The ratio (runner conversations/s ÷ bare conversations/s) is the cost of the
 gate, the flow engine and the runner's bookkeeping on top of the framework.
 
-    python3 -m bench.virtual_time              # 1k, 10k, 50k conversations
-    python3 -m bench.virtual_time --quick      # 300, for CI
+    python3 -m bench.virtual_time              # 1k, 10k, 50k conversations; sharding at 4k, 20k
+    python3 -m bench.virtual_time --quick      # 300; sharding at 4k, for CI
+
+A second table shows what spreading a sweep's sub-cases over two processes (both cores) gains.
 """
 
 from __future__ import annotations
@@ -95,6 +97,22 @@ async def bare_loop(conversations: int) -> None:
                 nursery.start_soon(one, float(delay))
 
 
+def sweep_scenario(conversations: int) -> dict:
+    """The same work split into 4 sub-cases (a timeout sweep), so it can be sharded."""
+    document = scenario(conversations // 4)
+    document["cases"][0]["timeout_s"] = [60, 120, 240, 300]
+    return document
+
+
+def measure_sharding(conversations: int) -> tuple[float, float]:
+    timings = []
+    for workers in (1, 2):
+        start = time.perf_counter()
+        run_scenario(sweep_scenario(conversations), workers=workers)
+        timings.append(time.perf_counter() - start)
+    return timings[0], timings[1]
+
+
 def measure(conversations: int) -> tuple[float, float]:
     start = time.perf_counter()
     trio.run(bare_loop, conversations, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -118,6 +136,11 @@ def main(argv: list[str] | None = None) -> None:
         bare, gate = measure(size)
         row(size, f"{size / bare:,.0f}", f"{size / gate:,.0f}", f"{bare / gate:.2f}", f"{gate:.2f}",
             f"{gate / size * 1e6:,.0f}")
+    header("virtual time: one process vs two (4-sub-case sweep, sharded; process start-up included)")
+    row("conversations", "1 process s", "2 processes s", "speed-up")
+    for size in ([4_000] if args.quick else [4_000, 20_000]):
+        one, two = measure_sharding(size)
+        row(size, f"{one:.2f}", f"{two:.2f}", f"{one / two:.2f}")
 
 
 if __name__ == "__main__":

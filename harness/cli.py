@@ -195,6 +195,8 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
+    workers: Annotated[int | None, typer.Option(
+        help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
     import pandas as pd
@@ -226,7 +228,7 @@ def run(
             task = progress.add_task(scenario.name, total=total)
             try:
                 frames.append(run_loaded_scenario(
-                    scenario, target=target, concurrency=concurrency,
+                    scenario, target=target, concurrency=concurrency, workers=workers,
                     on_conversation_done=functools.partial(progress.advance, task)))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)

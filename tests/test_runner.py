@@ -246,3 +246,15 @@ def test_live_runs_of_a_signed_bot_never_reuse_a_bot_whose_secret_they_cannot_se
         ids.append(frame["bot"].iloc[0])
     assert ids[0] == "payment_signed.t2"
     assert ids[1] == ids[2] and ids[1].startswith("payment_signed.t2.")
+
+
+@pytest.mark.slow
+def test_sharded_run_gives_the_same_rows_as_one_process() -> None:
+    document = scenario(
+        {"name": "sweep", "conversations": 30, "timeout_s": [10, 60], "key": ["correct", "other"],
+         "delay_s": {"dist": "exponential", "mean": 20}},
+        {"name": "dup", "calls": 2, "call_gap_s": 5, "delay_s": 3, "arrival_rate": 4},
+    )
+    single = run_scenario(document, workers=1)
+    sharded = run_scenario(document, workers=2)
+    pd.testing.assert_frame_equal(single.drop(columns="conversation_key"), sharded.drop(columns="conversation_key"))

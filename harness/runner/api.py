@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 import pandas as pd
 import trio
-import trio.testing
 
-from .drivers import in_process, live
+from .drivers import live
 from .engine import execute
 from .results import to_frame
 from .scenario import Scenario, load_scenario, parse_scenario
+from .shards import auto_workers, run_sharded, run_virtual
 
 __all__ = ["run_scenario", "run_loaded_scenario", "as_scenario"]
 
@@ -53,24 +53,20 @@ def run_loaded_scenario(
     target: str | None = None,
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario`."""
+    if target is not None:
 
-    async def virtual() -> list[dict[str, Any]]:
-        async with in_process() as driver:
-            return await execute(scenario, driver, on_conversation_done=on_conversation_done)
+        async def real_time() -> list[dict[str, Any]]:
+            async with live(target, concurrency=concurrency) as driver:
+                return await execute(scenario, driver, on_conversation_done=on_conversation_done)
 
-    async def real_time() -> list[dict[str, Any]]:
-        assert target is not None
-        async with live(target, concurrency=concurrency) as driver:
-            return await execute(scenario, driver, on_conversation_done=on_conversation_done)
-
-    def run() -> list[dict[str, Any]]:
-        if target is None:
-            return trio.run(virtual, clock=trio.testing.MockClock(autojump_threshold=0))
-        return trio.run(real_time)
-
-    return to_frame(_outside_any_event_loop(run))
+        return to_frame(_outside_any_event_loop(lambda: trio.run(real_time)))
+    processes = auto_workers(scenario) if workers is None else max(1, workers)
+    if processes > 1 and len(scenario.subcases) > 1:
+        return to_frame(run_sharded(scenario, processes, on_conversation_done))
+    return to_frame(_outside_any_event_loop(lambda: run_virtual(scenario, on_conversation_done)))
 
 
 def run_scenario(
@@ -78,14 +74,17 @@ def run_scenario(
     *,
     target: str | None = None,
     seed: int | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
 
     Without ``target``: a fresh in-process gate in virtual time (a 300 s timeout costs
-    milliseconds). With ``target="http://127.0.0.1:8000"``: in real time against that live gate.
-    ``seed`` overrides the file's seed. Raises ``InvalidScenario`` listing every problem::
+    milliseconds); large runs spread their sub-cases over one process per core (``workers``
+    overrides; the rows are the same either way). With ``target="http://127.0.0.1:8000"``: in
+    real time against that live gate. ``seed`` overrides the file's seed. Raises
+    ``InvalidScenario`` listing every problem::
 
         frame = run_scenario("scenarios/payment.toml")
         frame.groupby("case", observed=True)["outcome"].value_counts()
     """
-    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target)
+    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target, workers=workers)
