@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -97,11 +97,7 @@ def parse_form(body: bytes) -> dict[str, Any]:
 
 
 async def read_body(limit: int) -> bytes:
-    """Read the request body, refusing more than ``limit`` bytes.
-
-    Refusing early leaves unread bytes on the connection, so a 413 closes it
-    (``Connection: close``); otherwise the next request on a keep-alive connection would hang.
-    """
+    """Read the request body, refusing more than ``limit`` bytes (413, before reading if declared)."""
     declared = request.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -110,7 +106,22 @@ async def read_body(limit: int) -> bytes:
         received += chunk
         if len(received) > limit:
             raise _too_large(limit)
+    g.body_read = True
     return bytes(received)
+
+
+def _body_left_unread() -> bool:
+    """True when the request came with a body that the answer did not wait for.
+
+    Answering early (404 for an unknown webhook, 413, a framework 404/405) leaves the rest of the
+    body on the connection, and the next request on that keep-alive connection would hang behind
+    it. Such answers close the connection instead.
+    """
+    if g.get("body_read"):
+        return False
+    declared = request.headers.get("Content-Length", "0")
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return chunked or (declared.isdigit() and int(declared) > 0)
 
 
 def _too_large(limit: int) -> Refused:
@@ -141,9 +152,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
 
     @app.errorhandler(Refused)
     async def refused(error: Refused) -> Response:
-        status = STATUS_BY_CODE[error.code]
-        headers = {"Connection": "close"} if status == 413 else None
-        return json_response(error.as_dict(), status, headers)
+        return json_response(error.as_dict(), STATUS_BY_CODE[error.code])
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
@@ -156,9 +165,11 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
         return json_response({"error": "internal_error", "detail": "unexpected server error"}, 500)
 
     @app.after_request
-    async def count_webhook_calls(response: Response) -> Response:
+    async def finish(response: Response) -> Response:
         if request.path.startswith("/webhooks/"):
             webhook_calls[response.status_code] = webhook_calls.get(response.status_code, 0) + 1
+        if _body_left_unread():
+            response.headers["Connection"] = "close"
         return response
 
     @app.get("/healthz")

@@ -57,3 +57,11 @@ def test_413_closes_the_connection_and_the_next_request_works(server: str) -> No
 def test_framework_errors_are_json_on_the_real_server(server: str) -> None:
     response = httpx.get(f"{server}/nope")
     assert response.status_code == 404 and json.loads(response.text)["error"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/webhooks/ghost/wait", "/api/bots/ghost/conversations", "/nowhere"])
+def test_early_answers_to_big_bodies_do_not_hang_the_next_request(server: str, path: str) -> None:
+    with httpx.Client(base_url=server, timeout=5) as client:
+        response = client.post(path, content=b"x" * 3_000_000, headers={"Content-Type": "application/json"})
+        assert response.status_code == 404 and response.headers["connection"] == "close"
+        assert client.get("/healthz").json() == {"status": "ok"}
