@@ -93,3 +93,9 @@ def test_run_against_an_unreachable_gate_says_so(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(scenario), "--target", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 1
     assert "cannot reach the gate at http://127.0.0.1:" in result.stderr
+
+
+def test_a_negative_seed_is_refused_with_exit_2(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path, 'name = "ok"')
+    result = runner.invoke(app, ["run", str(scenario), "--seed", "-3"])
+    assert result.exit_code == 2 and "seed (given to the run): must be a non-negative integer, got -3" in result.stderr

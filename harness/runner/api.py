@@ -19,7 +19,7 @@ import trio
 from .drivers import live
 from .engine import execute
 from .results import to_frame
-from .scenario import Scenario, load_scenario, parse_scenario
+from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
 from .shards import auto_workers, run_sharded, run_virtual
 
 __all__ = ["run_scenario", "run_loaded_scenario", "as_scenario"]
@@ -31,6 +31,8 @@ def as_scenario(path_or_dict: str | Path | dict[str, Any] | Scenario, *, seed: i
     """A validated :class:`Scenario` from a file path, a dict, or a Scenario (seed overridden)."""
     if isinstance(path_or_dict, Scenario):
         if seed is not None:
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise InvalidScenario([f"{path_or_dict.source}: seed: must be a non-negative integer, got {seed!r}"])
             path_or_dict.seed = seed
         return path_or_dict
     if isinstance(path_or_dict, dict):

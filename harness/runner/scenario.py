@@ -130,6 +130,8 @@ def parse_scenario(document: Any, *, base_dir: Path | None = None, source: str =
     if not isinstance(file_seed, int) or isinstance(file_seed, bool) or file_seed < 0:
         problem("seed", "must be a non-negative integer")
         file_seed = 0
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        problem("seed (given to the run)", f"must be a non-negative integer, got {seed!r}")
     bot = _load_scenario_bot(document.get("bot"), base_dir or Path.cwd(), problem)
 
     defaults = document.get("defaults", {})
