@@ -255,9 +255,7 @@ class Gate:
             raise Refused("unknown_conversation", f"no conversation of bot {bot_id!r} has that key")
 
         now = trio.current_time()
-        latest = conversation.latest_wait_at(block_id)
-        if latest is not None and latest.expired_at(now):
-            raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")
+        _refuse_if_expired(conversation, block_id, now)
         wait = conversation.open_wait
         if wait is None or wait.block != block_id:
             where = f"waiting at {wait.block!r}" if wait else conversation.status
@@ -276,9 +274,13 @@ class Gate:
         conversation.variables.update(mapped)
         if not self._continue(conversation, self._bot(bot_id), block.edges["success"], now, resolved=index):
             # Another process sharing the store resolved this wait between our read and our write.
-            current = self.get_conversation(key)
-            latest = current.latest_wait_at(block_id)
-            if latest is not None and latest.expired_at(now):
-                raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")
+            _refuse_if_expired(self.get_conversation(key), block_id, now)
             raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
         return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)
+
+
+def _refuse_if_expired(conversation: Conversation, block_id: str, now: float) -> None:
+    """``wait_expired`` when the latest wait at the block reached its deadline without a valid call."""
+    latest = conversation.latest_wait_at(block_id)
+    if latest is not None and latest.expired_at(now):
+        raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")
