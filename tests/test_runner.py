@@ -258,3 +258,8 @@ def test_sharded_run_gives_the_same_rows_as_one_process() -> None:
     single = run_scenario(document, workers=1)
     sharded = run_scenario(document, workers=2)
     pd.testing.assert_frame_equal(single.drop(columns="conversation_key"), sharded.drop(columns="conversation_key"))
+
+
+def test_first_call_goes_out_exactly_at_the_delay_in_virtual_time() -> None:
+    frame = run_scenario(scenario({"name": "d", "delay_s": {"dist": "uniform", "low": 0, "high": 100}}))
+    assert (frame["first_call_s"] == frame["delay_s"]).all()

@@ -194,6 +194,7 @@ class _Conversation:
         self.start_offset, self.start_at = start_offset, base_time + start_offset
         self.unknown_key, self.secret = unknown_key, secret
         self.statuses: list[int] = []
+        self.first_call_s: float | None = None  # when the first call actually went out, from the 201
         self.errors: list[str] = []
 
     async def run(self, rows: list[dict[str, Any]], on_done: Callable[[], None] | None) -> None:
@@ -257,6 +258,8 @@ class _Conversation:
             if subcase.key != "missing":
                 document["conversation_key"] = key
             body = json.dumps(document).encode()
+            if self.first_call_s is None:
+                self.first_call_s = trio.current_time() - opened_at
             response = await self.driver.request("POST", url, content=body, headers=self._headers(body))
             self.statuses.append(response.status_code)
             if response.status_code == 200 and self.target is not None:
@@ -304,6 +307,7 @@ class _Conversation:
             "signature": subcase.signature if self.secret else None,
             "arrival_rate": subcase.arrival_rate,
             "started_at_s": self.start_offset,
+            "first_call_s": self.first_call_s,
             "statuses": ",".join(str(s) for s in self.statuses),
             "first_status": first_status,
             "outcome": wait["outcome"] if wait else None,

@@ -2,7 +2,7 @@
 
 Columns (SPEC §6 and a few more): ``scenario, case, variant, conversation, conversation_key,
 bot, block, conversations, timeout_s, delay_s, key, calls, call_gap_s, signature,
-arrival_rate, started_at_s, statuses, first_status, outcome, reason, waited_s, resolved_by,
+arrival_rate, started_at_s, first_call_s, statuses, first_status, outcome, reason, waited_s, resolved_by,
 conversation_status, expected_outcome, expected_status, passed, failure, thresholds, error``.
 
 Text columns with few values are categoricals; counts that may be missing are nullable
@@ -24,11 +24,11 @@ __all__ = ["COLUMNS", "to_frame", "save_results", "load_results", "summarize", "
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
                "conversation_status", "expected_outcome", "thresholds")
 _NULLABLE_INTS = ("conversations", "timeout_s", "calls", "first_status", "resolved_by", "expected_status")
-_FLOATS = ("delay_s", "call_gap_s", "arrival_rate", "started_at_s", "waited_s")
+_FLOATS = ("delay_s", "call_gap_s", "arrival_rate", "started_at_s", "first_call_s", "waited_s")
 _STRINGS = ("conversation_key", "statuses", "failure", "error")
 COLUMNS = ("scenario", "case", "variant", "conversation", "conversation_key", "bot", "block", "conversations",
            "timeout_s", "delay_s", "key", "calls", "call_gap_s", "signature", "arrival_rate", "started_at_s",
-           "statuses", "first_status", "outcome", "reason", "waited_s", "resolved_by", "conversation_status",
+           "first_call_s", "statuses", "first_status", "outcome", "reason", "waited_s", "resolved_by", "conversation_status",
            "expected_outcome", "expected_status", "passed", "failure", "thresholds", "error")
 
 
