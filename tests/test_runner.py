@@ -263,3 +263,29 @@ def test_sharded_run_gives_the_same_rows_as_one_process() -> None:
 def test_first_call_goes_out_exactly_at_the_delay_in_virtual_time() -> None:
     frame = run_scenario(scenario({"name": "d", "delay_s": {"dist": "uniform", "low": 0, "high": 100}}))
     assert (frame["first_call_s"] == frame["delay_s"]).all()
+
+
+def test_form_encoded_callbacks_map_as_strings_and_repeat_lists() -> None:
+    import tomllib
+
+    bot = tomllib.loads((BOTS / "payment.toml").read_text())
+    bot["blocks"]["wait_payment"]["mappings"] = {"amount": "amount", "tags": "tag"}
+    frame_and_vars = run_scenario({
+        "bot": bot, "seed": 1,
+        "cases": [{"name": "form", "conversations": 5, "encoding": "form", "delay_s": 2,
+                   "payload": {"amount": 42, "tag": ["a", "b"]},
+                   "expect": {"outcome": "success", "status": 200, "variables": {"amount": "42", "tags": ["a", "b"]}}},
+                  {"name": "form_missing_key", "conversations": 5, "encoding": "form", "key": "missing",
+                   "expect": {"status": 422}}],
+    })
+    assert frame_and_vars["passed"].all(), frame_and_vars["failure"].tolist()
+
+
+def test_form_encoding_refuses_what_a_form_cannot_carry() -> None:
+    with pytest.raises(InvalidScenario) as caught:
+        parse_scenario(scenario({"name": "f", "encoding": "form", "key": "wrong_type"},
+                                {"name": "g", "encoding": "xml"}))
+    problems = "\n".join(caught.value.problems)
+    assert "cases[0] (f).payload: with encoding = \"form\", values must be text" in problems  # PAYLOAD is nested
+    assert "cases[0] (f).key: a form cannot carry a key of the wrong type" in problems
+    assert "cases[1] (g).encoding: must be json or form, got 'xml'" in problems

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import numpy as np
@@ -36,6 +37,7 @@ from .scenario import Scenario, SubCase
 
 __all__ = ["RunError", "execute", "derangement"]
 
+CONTENT_TYPES = {"json": "application/json", "form": "application/x-www-form-urlencoded"}
 REAL_TIME_MARGIN_S = 0.05  # how long after a deadline a live run first looks for the timeout
 MAX_POLL_S = 30.0  # a wait still open this long after its deadline is reported as unresolved
 
@@ -235,7 +237,7 @@ class _Conversation:
         return {"missing": None, "empty": "", "wrong_type": 12345, "random": self.unknown_key}[mode]
 
     def _headers(self, body: bytes) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": CONTENT_TYPES[self.subcase.encoding]}
         mode = self.subcase.signature
         if not self.secret or mode == "missing":
             return headers
@@ -257,7 +259,7 @@ class _Conversation:
             document = dict(subcase.payload)
             if subcase.key != "missing":
                 document["conversation_key"] = key
-            body = json.dumps(document).encode()
+            body = _encode(document, subcase.encoding)
             if self.first_call_s is None:
                 self.first_call_s = trio.current_time() - opened_at
             response = await self.driver.request("POST", url, content=body, headers=self._headers(body))
@@ -327,6 +329,19 @@ class _Conversation:
             row["passed"] = not problems
             row["failure"] = "; ".join(problems) or None
         return row
+
+
+def _encode(document: dict[str, Any], encoding: str) -> bytes:
+    """The body a third party sends: JSON, or a form where a list becomes a repeated field."""
+    if encoding == "json":
+        return json.dumps(document).encode()
+    fields = {name: [_form_text(v) for v in value] if isinstance(value, list) else _form_text(value)
+              for name, value in document.items()}
+    return urlencode(fields, doseq=True).encode()
+
+
+def _form_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)  # true/false, as JSON would say
 
 
 def _first_wait(conversation: dict[str, Any] | None, block: str) -> dict[str, Any] | None:

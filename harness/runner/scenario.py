@@ -35,7 +35,8 @@ __all__ = [
 KEY_MODES = ("correct", "missing", "empty", "wrong_type", "random", "other")
 SIGNATURE_MODES = ("valid", "missing", "wrong", "stale")
 SWEEPABLE = ("conversations", "timeout_s", "delay_s", "key", "calls", "call_gap_s", "signature", "arrival_rate")
-CASE_FIELDS = (*SWEEPABLE, "name", "block", "payload", "expect", "thresholds")
+ENCODINGS = ("json", "form")
+CASE_FIELDS = (*SWEEPABLE, "name", "block", "payload", "encoding", "expect", "thresholds")
 DEFAULTS: dict[str, Any] = {
     "conversations": 100,
     "timeout_s": None,  # the block's own timeout
@@ -46,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "signature": "valid",
     "arrival_rate": None,  # all at once
     "payload": {},
+    "encoding": "json",
     "expect": None,
     "thresholds": [],
 }
@@ -87,6 +89,7 @@ class SubCase:
     signature: str
     arrival_rate: float | None
     payload: dict[str, Any]
+    encoding: str  # "json" or "form" (application/x-www-form-urlencoded)
     expect: Expectation | None
     thresholds: tuple[Threshold, ...]
 
@@ -217,6 +220,14 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
         elif not isinstance(block, str) or block not in bot.blocks or bot.blocks[block].type != "webhook":
             bad("block", f"{block!r} is not a webhook block of bot {bot.id!r}")
     payload = merged["payload"]
+    encoding = merged["encoding"]
+    if encoding not in ENCODINGS:
+        bad("encoding", f"must be json or form, got {encoding!r}")
+    elif encoding == "form":
+        if isinstance(payload, dict) and not all(map(_form_value, payload.values())):
+            bad("payload", "with encoding = \"form\", values must be text, numbers, booleans or lists of them")
+        if "wrong_type" in (merged["key"] if isinstance(merged["key"], list) else [merged["key"]]):
+            bad("key", "a form cannot carry a key of the wrong type (form values are text); use encoding = \"json\"")
     if not isinstance(payload, dict):
         bad("payload", "must be a table")
     elif "conversation_key" in payload:
@@ -263,6 +274,7 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
                 signature=values["signature"],
                 arrival_rate=values["arrival_rate"],
                 payload=payload,
+                encoding=encoding,
                 expect=expect,
                 thresholds=tuple(thresholds),
             )
@@ -276,6 +288,11 @@ def _label(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def _form_value(value: Any) -> bool:
+    scalar = (str, int, float, bool)
+    return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
 
 
 def _is_int(value: Any) -> bool:
