@@ -10,6 +10,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -136,18 +137,23 @@ def serve(
         elif existing.to_dict() != bot.to_dict():
             err.print(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
 
+    async def stop_requested() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                err.print(f"{signal.Signals(signum).name}: finishing requests in flight, then stopping")
+                return
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(lambda task_status: serve_gate(
-                gate, host=host, port=port, max_body=max_body, public_url=public_url, task_status=task_status))
+            url = await nursery.start(functools.partial(
+                serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
+                shutdown_trigger=stop_requested))
             names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
             err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
 
     keep_long_lived_state_out_of_gc()
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        err.print("stopped")
+    trio.run(main)
+    err.print("stopped")
 
 
 def _print_summary(frame: pd.DataFrame) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -293,12 +294,15 @@ async def serve(
     port: int = 8000,
     max_body: int = DEFAULT_MAX_BODY,
     public_url: str | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``gate`` over HTTP on hypercorn's trio worker until cancelled.
+    """Serve ``gate`` over HTTP on hypercorn's trio worker.
 
     Reports the base URL it bound (``port=0`` picks a free port) through ``task_status``; when
-    ``public_url`` is not given, conversation and webhook URLs use that bound URL.
+    ``public_url`` is not given, conversation and webhook URLs use that bound URL. Runs until
+    cancelled, or until ``shutdown_trigger`` returns: then hypercorn stops accepting, lets the
+    requests in flight finish, and ``serve`` returns.
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -309,8 +313,13 @@ async def serve(
     config.errorlog = log
     app = create_app(gate, max_body=max_body)
     async with trio.open_nursery() as nursery:
+
+        async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+            nursery.cancel_scope.cancel()  # graceful shutdown done: stop the deadline scheduler too
+
         await nursery.start(gate.run)
-        bound = await nursery.start(hypercorn_serve, app, config)
+        bound = await nursery.start(http)
         base_url = bound[0] if bound else f"http://{host}:{port}"
         if public_url is None:
             gate.public_url = base_url.rstrip("/")

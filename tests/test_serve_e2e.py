@@ -65,3 +65,13 @@ def test_early_answers_to_big_bodies_do_not_hang_the_next_request(server: str, p
         response = client.post(path, content=b"x" * 3_000_000, headers={"Content-Type": "application/json"})
         assert response.status_code == 404 and response.headers["connection"] == "close"
         assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path) -> None:
+    from harness.testing import ServerProcess
+
+    log = tmp_path / "serve.log"
+    process = ServerProcess.harness_serve(log=log)
+    process.stop()  # SIGTERM
+    assert process.process.returncode == 0
+    assert "SIGTERM: finishing requests in flight, then stopping" in log.read_text()
