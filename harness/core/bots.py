@@ -36,6 +36,7 @@ __all__ = [
     "parse_bot",
     "load_bot",
     "read_document",
+    "is_integer",
 ]
 
 MAX_MAPPINGS = 50
@@ -162,7 +163,8 @@ class _Problems:
         self.items.append(BotProblem(block, field_name, reason))
 
 
-def _is_int(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
+    """An int that is not a bool (TOML and JSON booleans are ints to Python)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -271,7 +273,7 @@ def _check_variable_name(block_id: str, field_name: str, value: Any, problems: _
 
 def _parse_webhook(block_id: str, raw: dict[str, Any], problems: _Problems) -> tuple[tuple[str, PayloadPath], ...]:
     timeout = raw.get("timeout_s")
-    if "timeout_s" in raw and (not _is_int(timeout) or timeout not in TIMEOUT_RANGE):
+    if "timeout_s" in raw and (not is_integer(timeout) or timeout not in TIMEOUT_RANGE):
         problems.add(block_id, "timeout_s", f"must be an integer from 1 to 300, got {timeout!r}")
     secret = raw.get("secret", "")
     if not isinstance(secret, str):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Delay", "DelayError", "parse_delay"]
+__all__ = ["Delay", "DelayError", "parse_delay", "is_finite_number", "number_label"]
 
 # dist -> parameters it needs
 _PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -35,7 +35,8 @@ class DelayError(ValueError):
     """A delay that does not parse; the message names the parameter and the reason."""
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """An int or float, not a bool, not NaN or infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
@@ -49,8 +50,8 @@ class Delay:
         if self.dist == "never":
             return "never"
         if self.dist == "fixed":
-            return _number_label(dict(self.params)["value"])
-        inner = ",".join(f"{name}={_number_label(value)}" for name, value in self.params)
+            return number_label(dict(self.params)["value"])
+        inner = ",".join(f"{name}={number_label(value)}" for name, value in self.params)
         return f"{self.dist}({inner})"
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -74,9 +75,10 @@ class Delay:
         return rng.choice(values, size=size, p=probabilities)
 
 
-def _number_label(value: Any) -> str:
+def number_label(value: Any) -> str:
+    """Short text for a number (or list of numbers) in variant labels: ``30``, ``0.5``, ``[1;2]``."""
     if isinstance(value, list):
-        return "[" + ";".join(_number_label(v) for v in value) + "]"
+        return "[" + ";".join(number_label(v) for v in value) + "]"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -84,7 +86,7 @@ def parse_delay(raw: Any) -> Delay:
     """Parse one delay (not a sweep list). Raise :class:`DelayError`."""
     if raw == "never":
         return Delay("never")
-    if _is_number(raw):
+    if is_finite_number(raw):
         if raw < 0:
             raise DelayError(f"must not be negative, got {raw}")
         return Delay("fixed", (("value", raw),))
@@ -105,7 +107,7 @@ def parse_delay(raw: Any) -> Delay:
         _check_choice(raw)
     else:
         for name in needed:
-            if not _is_number(raw[name]):
+            if not is_finite_number(raw[name]):
                 raise DelayError(f"{name} must be a number, got {raw[name]!r}")
         _check_ranges(dist, raw)
     params = tuple((name, raw[name]) for name in (*needed, "weights") if name in raw)
@@ -127,12 +129,12 @@ def _check_ranges(dist: str, raw: dict[str, Any]) -> None:
 
 def _check_choice(raw: dict[str, Any]) -> None:
     values = raw["values"]
-    if not isinstance(values, list) or not values or not all(_is_number(v) and v >= 0 for v in values):
+    if not isinstance(values, list) or not values or not all(is_finite_number(v) and v >= 0 for v in values):
         raise DelayError("values must be a non-empty list of non-negative numbers")
     weights = raw.get("weights")
     if weights is None:
         return
     if not isinstance(weights, list) or len(weights) != len(values):
         raise DelayError("weights must be a list as long as values")
-    if not all(_is_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+    if not all(is_finite_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise DelayError("weights must be non-negative numbers with a positive sum")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.bots import TIMEOUT_RANGE, Bot, InvalidBot, load_bot, parse_bot, read_document
-from .distributions import Delay, DelayError, parse_delay
+from ..core.bots import TIMEOUT_RANGE, Bot, InvalidBot, is_integer, load_bot, parse_bot, read_document
+from .distributions import Delay, DelayError, is_finite_number, number_label, parse_delay
 from .thresholds import Threshold, ThresholdError, parse_threshold
 
 __all__ = [
@@ -283,11 +283,7 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
 
 
 def _label(value: Any) -> str:
-    if isinstance(value, Delay):
-        return value.label
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    return value.label if isinstance(value, Delay) else number_label(value)
 
 
 def _form_value(value: Any) -> bool:
@@ -295,21 +291,13 @@ def _form_value(value: Any) -> bool:
     return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
 def _parse_field(name: str, value: Any) -> Any:
     """Validate one (non-list) value of a sweepable field; raise ValueError with the reason."""
     if name == "conversations":
-        if not _is_int(value) or not 1 <= value <= MAX_CONVERSATIONS:
+        if not is_integer(value) or not 1 <= value <= MAX_CONVERSATIONS:
             raise ValueError(f"must be an integer from 1 to {MAX_CONVERSATIONS}, got {value!r}")
     elif name == "timeout_s":
-        if value is not None and (not _is_int(value) or value not in TIMEOUT_RANGE):
+        if value is not None and (not is_integer(value) or value not in TIMEOUT_RANGE):
             raise ValueError(f"must be an integer from 1 to 300, got {value!r}")
     elif name == "delay_s":
         try:
@@ -320,15 +308,15 @@ def _parse_field(name: str, value: Any) -> Any:
         if value not in KEY_MODES:
             raise ValueError(f"must be one of {', '.join(KEY_MODES)}, got {value!r}")
     elif name == "calls":
-        if not _is_int(value) or not 1 <= value <= MAX_CALLS:
+        if not is_integer(value) or not 1 <= value <= MAX_CALLS:
             raise ValueError(f"must be an integer from 1 to {MAX_CALLS}, got {value!r}")
     elif name == "call_gap_s":
-        if not _is_number(value) or value < 0:
+        if not is_finite_number(value) or value < 0:
             raise ValueError(f"must be a non-negative number of seconds, got {value!r}")
     elif name == "signature":
         if value not in SIGNATURE_MODES:
             raise ValueError(f"must be one of {', '.join(SIGNATURE_MODES)}, got {value!r}")
-    elif name == "arrival_rate" and value is not None and (not _is_number(value) or value <= 0):
+    elif name == "arrival_rate" and value is not None and (not is_finite_number(value) or value <= 0):
         raise ValueError(f"must be a positive number of conversations per second, got {value!r}")
     return value
 
@@ -345,7 +333,7 @@ def _parse_expect(raw: Any, bad: Any) -> Expectation | None:
     outcome, status, variables = raw.get("outcome"), raw.get("status"), raw.get("variables")
     if outcome is not None and outcome not in ("success", "failure"):
         bad("expect.outcome", f"must be success or failure, got {outcome!r}")
-    if status is not None and (not _is_int(status) or not 100 <= status <= 599):
+    if status is not None and (not is_integer(status) or not 100 <= status <= 599):
         bad("expect.status", f"must be an HTTP status code, got {status!r}")
     if variables is not None and not isinstance(variables, dict):
         bad("expect.variables", "must be a table of variable = value")
