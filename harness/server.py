@@ -23,7 +23,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .core.bots import InvalidBot, parse_bot
+from .core.bots import Bot, InvalidBot, parse_bot
 from .core.errors import Refused
 from .core.gate import LATENESS_BUCKETS, Gate
 from .core.signing import HEADER, SignatureError, verify
@@ -177,8 +177,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    def bot_body(bot_id: str) -> dict[str, Any]:
-        bot = gate.get_bot(bot_id)
+    def bot_body(bot: Bot) -> dict[str, Any]:
         return {**bot.public_dict(), "webhooks": gate.webhook_urls(bot)}
 
     @app.post("/api/bots")
@@ -189,16 +188,15 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
         except InvalidBot as error:
             problems = [problem.as_dict() for problem in error.problems]
             raise Refused("invalid_bot", f"{len(problems)} problem(s) in the bot", problems=problems) from None
-        gate.add_bot(bot)
-        return json_response(bot_body(bot.id), 201)
+        return json_response(bot_body(gate.add_bot(bot)), 201)
 
     @app.get("/api/bots")
     async def list_bots() -> Response:
-        return json_response({"bots": [bot_body(bot.id) for bot in gate.store.bots()]})
+        return json_response({"bots": [bot_body(bot) for bot in gate.store.bots()]})
 
     @app.get("/api/bots/<bot_id>")
     async def get_bot(bot_id: str) -> Response:
-        return json_response(bot_body(bot_id))
+        return json_response(bot_body(gate.get_bot(bot_id)))
 
     @app.post("/api/bots/<bot_id>/conversations")
     async def start_conversation(bot_id: str) -> Response:
@@ -261,7 +259,7 @@ def render_metrics(gate: Gate, webhook_calls: dict[int, int]) -> str:
         "# HELP harness_waits_open Waits currently open.",
         "# TYPE harness_waits_open gauge",
         f"harness_waits_open {open_waits}",
-        "# HELP harness_waits_opened_total Waits opened since start.",
+        "# HELP harness_waits_opened_total Waits this process armed: opened here, or found open at start.",
         "# TYPE harness_waits_opened_total counter",
         f"harness_waits_opened_total {stats.waits_opened}",
         "# HELP harness_waits_resolved_total Waits resolved, by outcome and reason.",

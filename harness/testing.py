@@ -37,7 +37,6 @@ class ServerProcess:
                  start_timeout_s: float = 15.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._log_path = log
         self._log = log.open("a") if log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen([part.replace("{port}", str(self.port)) for part in argv], stderr=self._log)
         give_up_at = time.monotonic() + start_timeout_s

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import trio
+
 __all__ = [
     "Status",
     "Outcome",
@@ -57,8 +59,6 @@ class WallClock:
 
     def _fixed_offset(self) -> float:
         if self._offset is None:
-            import trio
-
             self._offset = self._wall() - trio.current_time()
         return self._offset
 

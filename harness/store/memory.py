@@ -45,6 +45,3 @@ class MemoryStore:
 
     def open_wait_count(self) -> int:
         return sum(1 for c in self._conversations.values() if c.open_wait is not None)
-
-    def __len__(self) -> int:
-        return len(self._conversations)
