@@ -150,7 +150,7 @@ class Gate:
             self.stats.observe_lateness(now - deadline)
             wait = conversation.waits[index]
             wait.resolve("failure", "timeout", now)
-            bot = self._bot(conversation.bot)
+            bot = self.get_bot(conversation.bot)
             self._continue(conversation, bot, bot.blocks[wait.block].edges["failure"], now, resolved=index)
 
     # -- bots ---------------------------------------------------------------------------------
@@ -163,9 +163,7 @@ class Gate:
         return bot
 
     def get_bot(self, bot_id: str) -> Bot:
-        return self._bot(bot_id)
-
-    def _bot(self, bot_id: str) -> Bot:
+        """The bot, or ``unknown_bot``."""
         bot = self.store.get_bot(bot_id)
         if bot is None:
             raise Refused("unknown_bot", f"no bot with id {bot_id!r}")
@@ -186,7 +184,7 @@ class Gate:
 
     def start_conversation(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
         """Start a conversation and run it to its first wait or end."""
-        bot = self._bot(bot_id)
+        bot = self.get_bot(bot_id)
         if self._wake is None:
             raise RuntimeError("the gate's scheduler is not running: `await nursery.start(gate.run)` first")
         now = trio.current_time()
@@ -272,7 +270,7 @@ class Gate:
         index = len(conversation.waits) - 1
         wait.resolve("success", "received", now)
         conversation.variables.update(mapped)
-        if not self._continue(conversation, self._bot(bot_id), block.edges["success"], now, resolved=index):
+        if not self._continue(conversation, self.get_bot(bot_id), block.edges["success"], now, resolved=index):
             # Another process sharing the store resolved this wait between our read and our write.
             _refuse_if_expired(self.get_conversation(key), block_id, now)
             raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
