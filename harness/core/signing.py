@@ -126,10 +126,13 @@ def _verify_tv1(header: str, secret: str, value: str | None, body: bytes, unix_t
 
 
 def _standard_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret: the base64 after ``whsec_``."""
+    """The HMAC key of a Standard Webhooks secret: the base64 after ``whsec_``.
+
+    Padding may be left off, as the official ``standardwebhooks`` library accepts it.
+    """
     encoded = secret.removeprefix("whsec_")
     try:
-        return base64.b64decode(encoded, validate=True)
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise SignatureError("the block's secret is not whsec_<base64>") from None
 
