@@ -100,7 +100,7 @@ def stripe_body(key: Any = None, **metadata: Any) -> bytes:
     return json.dumps(checkout_session_completed(metadata)).encode()
 
 
-def ipn_form(custom: str | None, **extra: Any) -> bytes:
+def ipn_form(custom: str | list[str] | None, **extra: Any) -> bytes:
     """A PayPal IPN-style form: the merchant's own value travels in ``custom``; lists repeat a field."""
     fields: dict[str, Any] = {"txn_type": "web_accept", "payment_status": "Completed", "mc_gross": "19.99",
                               "mc_currency": "EUR", "txn_id": "61E67681CH3238416", "payer_email": "buyer@example.com"}
