@@ -21,13 +21,14 @@ import stripe
 import trio
 import trio.testing
 
+from harness.core.bots import load_bot
 from harness.core.conversations import WallClock
 from harness.core.errors import Refused
 from harness.core.gate import Gate
 from harness.server import create_app
 from harness.store import SqliteStore
 
-from .conftest import PUBLIC_URL, start, webhook_bot
+from .conftest import BOTS, PUBLIC_URL, start, webhook_bot
 from .events import CHECKOUT_MAPPINGS, STRIPE_KEY_PATH, STRIPE_SECRET, gated_bot, ipn_form, stripe_body
 
 JSON = {"Content-Type": "application/json"}
@@ -284,3 +285,53 @@ def test_late_calls_survive_a_reopen_of_the_sqlite_file(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
     run_virtual(second_process)
+
+
+# -- the shipped example bots, driven the way the real processors call them ------------------------
+
+
+@pytest.fixture
+async def shipped(gate: Gate) -> Gate:
+    for name in ("stripe_checkout", "ipn_form"):
+        gate.add_bot(load_bot(BOTS / f"{name}.toml"))
+    return gate
+
+
+async def test_the_shipped_stripe_bot_takes_a_stripe_signed_checkout_event(client, shipped, autojump_clock) -> None:
+    bot = shipped.get_bot("stripe_checkout")
+    block = bot.blocks["wait_payment"]
+    started = await start(client, bot="stripe_checkout")
+    key = started["conversation_key"]
+    assert started["transcript"][0]["text"].endswith(f"?conversation={key}")
+    await trio.sleep(90)
+    body = stripe_body(key)
+    response = await client.post("/webhooks/stripe_checkout/wait_payment", content=body,
+                                 headers=stripe_headers(shipped, body, secret=block.secret))
+    assert response.status_code == 200, response.text
+    state = await conversation(client, key)
+    assert state["status"] == "completed"
+    assert state["transcript"][-1]["text"] == "Thanks, we received 42.00 EUR. The receipt goes to jenny.rosen@example.com."
+    unsigned = await client.post("/webhooks/stripe_checkout/wait_payment", content=body, headers=JSON)
+    assert unsigned.status_code == 401
+
+
+async def test_the_shipped_stripe_bot_tells_a_delayed_payment_apart(client, shipped) -> None:
+    block = shipped.get_bot("stripe_checkout").blocks["wait_payment"]
+    key = (await start(client, bot="stripe_checkout"))["conversation_key"]
+    document = json.loads(stripe_body(key))
+    document["data"]["object"]["payment_status"] = "unpaid"  # SEPA debit: completed, money not there yet
+    body = json.dumps(document).encode()
+    response = await client.post("/webhooks/stripe_checkout/wait_payment", content=body,
+                                 headers=stripe_headers(shipped, body, secret=block.secret))
+    assert response.status_code == 200
+    assert "being processed" in (await conversation(client, key))["transcript"][-1]["text"]
+
+
+async def test_the_shipped_ipn_bot_takes_a_form(client, shipped) -> None:
+    key = (await start(client, bot="ipn_form"))["conversation_key"]
+    response = await client.post("/webhooks/ipn_form/wait_payment", content=ipn_form(key, item_number=["A1", "B2"]),
+                                 headers=FORM)
+    assert response.status_code == 200, response.text
+    assert response.json()["mapped"]["items"] == ["A1", "B2"]
+    state = await conversation(client, key)
+    assert state["transcript"][-1]["text"] == "Thanks, we received 19.99 EUR (transaction 61E67681CH3238416)."
