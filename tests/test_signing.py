@@ -19,6 +19,7 @@ import httpx
 import pytest
 import standardwebhooks
 import stripe
+import svix.webhooks
 import trio
 
 from harness.core.bots import InvalidBot, parse_bot
@@ -75,6 +76,15 @@ def standard_sender(secret: str = STANDARD_SECRET, message_id: str = "msg_2Kx9s8
     return sign
 
 
+def svix_sender(secret: str = STANDARD_SECRET, message_id: str = "msg_2Kx9s8dF7gH6jK5") -> Signer:
+    """What a Svix-powered sender (Resend, Clerk…) sends: the same signature under svix-* header names."""
+    def sign(body: bytes, now: float) -> Headers:
+        moment = datetime.fromtimestamp(int(now), tz=UTC)
+        return {"svix-id": message_id, "svix-timestamp": str(int(now)),
+                "svix-signature": svix.webhooks.Webhook(secret).sign(message_id, moment, body.decode())}
+    return sign
+
+
 def github_sender(name: str, prefix: str = "sha256=") -> Signer:
     def sign(body: bytes, now: float) -> Headers:
         return {name: prefix + hmac.new(HMAC_SECRET.encode(), body, hashlib.sha256).hexdigest()}
@@ -108,6 +118,7 @@ OFFICIAL_SENDERS = {
     "stripe library": ("stripe", stripe_sender()),
     "stripe library, harness header": ("harness", stripe_sender(HARNESS_SECRET, "X-Webhook-Signature")),
     "standardwebhooks library": ("standard", standard_sender()),
+    "svix library, svix-* headers": ("standard", svix_sender()),
     "hmac sha256=<hex>": ("hmac", github_sender("X-Signature")),
     "hmac bare <hex>": ("hmac", github_sender("X-Signature", prefix="")),
     "github X-Hub-Signature-256": ("github", github_sender("X-Hub-Signature-256")),
@@ -220,6 +231,14 @@ def test_runner_standard_headers_pass_the_standardwebhooks_library() -> None:
     body = checkout_body()
     headers = signature_headers("standard-webhooks", STANDARD_SECRET, body, unix_time=time.time(), mode="valid")
     assert standardwebhooks.Webhook(STANDARD_SECRET).verify(body, headers) == json.loads(body)
+
+
+def test_runner_standard_headers_pass_the_svix_library() -> None:
+    body = checkout_body()
+    headers = signature_headers("standard-webhooks", STANDARD_SECRET, body, unix_time=time.time(), mode="valid")
+    svix.webhooks.Webhook(STANDARD_SECRET).verify(body, headers)  # raises if not
+    with pytest.raises(svix.webhooks.WebhookVerificationError):
+        svix.webhooks.Webhook(STANDARD_SECRET).verify(body + b" ", headers)
 
 
 def test_runner_hmac_headers_pass_githubs_recipe() -> None:

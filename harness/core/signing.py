@@ -14,7 +14,9 @@ scheme                 header(s)                                    HMAC-SHA256 
 =====================  ===========================================  ==========================  =========
 
 Several signatures in one header (secret rotation) are all compared, in constant time; one match
-suffices. :func:`verify_headers` checks a request; :func:`signature_headers` makes the headers a
+suffices. Senders built on Svix (Resend, Clerk…) send the Standard Webhooks headers under their
+branded names ``svix-id``, ``svix-timestamp`` and ``svix-signature``; those are read too, as the
+``svix`` library does. :func:`verify_headers` checks a request; :func:`signature_headers` makes the headers a
 third party sends — well signed, or deliberately ``missing``, ``wrong`` or ``stale`` (the
 scenario runner's modes).
 
@@ -142,10 +144,15 @@ def _standard_signature(key: bytes, message_id: str, timestamp: str, body: bytes
     return base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode()
 
 
+def _standard_header(headers: Mapping[str, str], name: str) -> str | None:
+    """``webhook-<name>``, or Svix's branded ``svix-<name>`` (Resend, Clerk…), as the svix library reads them."""
+    return headers.get(f"webhook-{name}") or headers.get(f"svix-{name}")
+
+
 def _verify_standard(secret: str, headers: Mapping[str, str], body: bytes, unix_time: float) -> None:
-    message_id = headers.get("webhook-id")
-    timestamp = headers.get("webhook-timestamp")
-    signatures = headers.get("webhook-signature")
+    message_id = _standard_header(headers, "id")
+    timestamp = _standard_header(headers, "timestamp")
+    signatures = _standard_header(headers, "signature")
     if not message_id or not timestamp or not signatures:
         raise SignatureError("the webhook-id, webhook-timestamp and webhook-signature headers are all required")
     _check_fresh(timestamp, unix_time, "webhook-timestamp")
