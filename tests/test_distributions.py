@@ -103,8 +103,8 @@ def test_empirical_parquet_file_runs(tmp_path: Path) -> None:
     (None, '{ dist = "mixture", components = [{ weight = 0.9, dist = "lognormal", median = 40 }, { weight = 0.1, dist = "never" }] }',
      "components[0] (lognormal): dist 'lognormal' needs sigma"),
     (None, '{ dist = "mixture", components = [{ dist = "never" }] }', "components[0] (never): weight must be a non-negative number, got None"),
-    (None, '{ dist = "mixture", components = [{ weight = 1, dist = "mixture", components = [{ weight = 1, dist = "gamma" }] }] }',
-     "components[0] (mixture): components[0] (gamma): dist must be one of"),
+    (None, '{ dist = "mixture", components = [{ weight = 1, dist = "mixture", components = [{ weight = 1, dist = "pareto" }] }] }',
+     "components[0] (mixture): components[0] (pareto): dist must be one of"),
     (None, '{ dist = "mixture", components = [] }', "dist 'mixture' needs components"),
 ])
 def test_invalid_delays_name_file_case_field_and_reason(tmp_path: Path, content: str | None, delay: str, problem: str) -> None:
@@ -183,3 +183,15 @@ def test_a_callable_with_bad_output_is_named_with_its_case(function: Any, proble
         scenario.subcases[0].delay.sample(np.random.default_rng(0), 5)
     message = str(caught.value)
     assert message.startswith("<dict>: cases[0] (broken).delay_s: callable ") and message.endswith(problem)
+
+
+@pytest.mark.parametrize(("raw", "reference"), [
+    ({"dist": "gamma", "shape": 2.5, "scale": 12}, lambda st: st.gamma(a=2.5, scale=12)),
+    ({"dist": "weibull", "shape": 1.4, "scale": 50}, lambda st: st.weibull_min(c=1.4, scale=50)),
+    ({"dist": "lognormal", "median": 20, "sigma": 1.0}, lambda st: st.lognorm(s=1.0, scale=20)),
+], ids=["gamma", "weibull", "lognormal"])
+def test_parametric_families_match_scipy_parameterisation(raw: dict[str, Any], reference: Any) -> None:
+    """A fit made with scipy.stats converts to a delay table with the same parameters."""
+    stats = pytest.importorskip("scipy.stats")
+    draws = parse_delay(raw).sample(np.random.default_rng(11), 20_000)
+    assert stats.kstest(draws, reference(stats).cdf).statistic < 0.015

@@ -56,6 +56,8 @@ _PARAMETERS: dict[str, tuple[str, ...]] = {
     "exponential": ("mean",),
     "lognormal": ("median", "sigma"),
     "normal": ("mean", "sd"),
+    "gamma": ("shape", "scale"),  # mean = shape * scale, as scipy.stats.gamma(a=shape, scale=scale)
+    "weibull": ("shape", "scale"),  # as scipy.stats.weibull_min(c=shape, scale=scale)
     "choice": ("values",),
 }
 DISTS = (*_PARAMETERS, "empirical", "mixture", "never")
@@ -143,6 +145,10 @@ class Delay:
             return rng.lognormal(np.log(p["median"]), p["sigma"], size)
         if self.dist == "normal":
             return np.clip(rng.normal(p["mean"], p["sd"], size), 0.0, None)
+        if self.dist == "gamma":
+            return rng.gamma(p["shape"], p["scale"], size)
+        if self.dist == "weibull":
+            return p["scale"] * rng.weibull(p["shape"], size)
         if self.dist == "choice":
             weights = p.get("weights")
             probabilities = None if weights is None else np.asarray(weights, dtype=float) / float(np.sum(weights))
@@ -252,6 +258,8 @@ def _check_ranges(dist: str, raw: dict[str, Any]) -> None:
         raise DelayError("needs median > 0 and sigma >= 0")
     if dist == "normal" and raw["sd"] < 0:
         raise DelayError("sd must not be negative")
+    if dist in ("gamma", "weibull") and (raw["shape"] <= 0 or raw["scale"] <= 0):
+        raise DelayError("needs shape > 0 and scale > 0")
 
 
 def _check_choice(raw: dict[str, Any]) -> None:
