@@ -28,6 +28,7 @@ __all__ = [
     "timeout_tradeoff",
     "extra_time_table",
     "ecdf",
+    "delay_quantile",
     "fit_delays",
     "outcome_table",
     "status_table",
@@ -165,6 +166,19 @@ def ecdf(values: Sequence[float] | pd.Series | np.ndarray) -> tuple[np.ndarray, 
     data = np.sort(np.asarray(values, dtype=float))
     data = data[np.isfinite(data)]
     return data, np.arange(1, data.size + 1) / max(data.size, 1)
+
+
+def delay_quantile(delay: Any, share: float, *, draws: int = 1_000_000, seed: int = 0) -> float:
+    """Seconds by which ``share`` of a delay model's callbacks have come, from draws of the model.
+
+    ``delay`` is anything a scenario's ``delay_s`` takes. A call that never comes never counts,
+    so the answer is ``inf`` when ``share`` is above the arriving share. This is the timeout a
+    sweep of that model converges to as its conversations grow: the reference for its answer.
+    """
+    from .runner.distributions import parse_delay
+
+    sample = parse_delay(delay).sample(np.random.default_rng(seed), draws)
+    return float(np.quantile(np.where(np.isnan(sample), np.inf, sample), share, method="inverted_cdf"))
 
 
 # family -> (scipy.stats name, harness delay table from the fitted shape and scale)

@@ -8,6 +8,7 @@ import pytest
 
 from harness.analysis import (
     OUTCOME_COLORS,
+    delay_quantile,
     ecdf,
     extra_time_table,
     fit_delays,
@@ -126,3 +127,10 @@ def test_tables_on_a_real_run() -> None:
     assert status_table(frame).loc[("dup", ""), 200] == 10
     outcomes = outcome_table(frame)
     assert outcomes.loc[("missing", ""), "failure/timeout"] == 1.0
+
+
+def test_delay_quantile_is_the_models_own_answer() -> None:
+    # lognormal(median 20, sigma 1): 99 % arrive by 20 * exp(2.326) = 204.7 s
+    assert delay_quantile({"dist": "lognormal", "median": 20, "sigma": 1.0}, 0.99) == pytest.approx(204.7, rel=0.01)
+    with_never = {"dist": "mixture", "components": [{"weight": 0.98, "dist": "fixed", "value": 5}, {"weight": 0.02, "dist": "never"}]}
+    assert delay_quantile(with_never, 0.95) == 5 and delay_quantile(with_never, 0.99) == float("inf")
