@@ -195,3 +195,26 @@ def test_parametric_families_match_scipy_parameterisation(raw: dict[str, Any], r
     stats = pytest.importorskip("scipy.stats")
     draws = parse_delay(raw).sample(np.random.default_rng(11), 20_000)
     assert stats.kstest(draws, reference(stats).cdf).statistic < 0.015
+
+
+def test_a_callable_from_a_notebook_like_main_runs_on_worker_processes() -> None:
+    """A function defined in __main__ (a notebook cell, `python -c`) reaches spawned workers."""
+    import subprocess
+    import sys
+
+    script = f"""
+import numpy as np, harness
+def paid_within_ten(rng, size):
+    return rng.uniform(0, 10, size)
+scenario = {{"bot": {str(BOTS / "payment.toml")!r}, "seed": 1,
+            "cases": [{{"name": "f", "conversations": 50, "timeout_s": [5, 20], "delay_s": paid_within_ten}}]}}
+spread = harness.run_scenario(scenario, driver="core", workers=2)
+alone = harness.run_scenario(scenario, driver="core", workers=1)
+assert spread["delay_s"].equals(alone["delay_s"]) and spread["outcome"].equals(alone["outcome"])
+rates = spread.groupby("timeout_s")["outcome"].apply(lambda o: (o == "success").mean())
+print(" ".join(f"{{timeout}}={{rate:g}}" for timeout, rate in rates.items()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rates = done.stdout.strip().splitlines()[-1]
+    assert rates.startswith("5=0.") and rates.endswith(" 20=1")  # uniform(0, 10): about half by 5 s, all by 20 s

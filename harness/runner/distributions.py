@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 
@@ -91,6 +92,13 @@ class Delay:
     dist: str
     params: tuple[tuple[str, Any], ...] = ()
     where: str = field(default="delay_s", compare=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sub-cases travel to worker processes pickled. A function defined in a notebook or a
+        # `python -c` script lives in a __main__ the workers cannot import, so it goes by value.
+        if self.dist == "callable":
+            return _unpickle_callable, (cloudpickle.dumps(dict(self.params)["function"]), self.where)
+        return Delay, (self.dist, self.params, self.where)
 
     @property
     def label(self) -> str:
@@ -187,6 +195,10 @@ class Delay:
         values = values.astype(float)
         _check_observations(values, lambda i: f"{name}, index {i} of its result")
         return values
+
+
+def _unpickle_callable(function: bytes, where: str) -> Delay:
+    return Delay("callable", (("function", cloudpickle.loads(function)),), where)
 
 
 def _function_name(function: Any) -> str:
