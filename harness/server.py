@@ -22,7 +22,6 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .core.bots import InvalidBot, parse_bot
 from .core.errors import STATUS_BY_CODE, Refused
 from .core.gate import LATENESS_BUCKETS, Gate
 from .core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
@@ -112,12 +111,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     @app.post("/api/bots")
     async def create_bot() -> Response:
         document = await read_json_object(max_body)
-        try:
-            bot = parse_bot(document)
-        except InvalidBot as error:
-            problems = [problem.as_dict() for problem in error.problems]
-            raise Refused("invalid_bot", f"{len(problems)} problem(s) in the bot", problems=problems) from None
-        return json_response(gate.bot_document(gate.add_bot(bot)), 201)
+        return json_response(gate.bot_document(gate.create_bot(document)), 201)
 
     @app.get("/api/bots")
     async def list_bots() -> Response:
@@ -131,10 +125,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     async def start_conversation(bot_id: str) -> Response:
         gate.get_bot(bot_id)  # 404 before reading a body we would not use
         document = await read_json_object(max_body, optional=True)
-        variables = document.get("variables", {})
-        if not isinstance(variables, dict):
-            raise Refused("invalid_payload", "variables must be a JSON object")
-        conversation = gate.start_conversation(bot_id, variables)
+        conversation = gate.start_conversation(bot_id, document.get("variables"))
         return json_response(conversation.as_dict(gate.clock), 201)
 
     @app.get("/api/conversations/<key>")

@@ -42,7 +42,7 @@ from typing import Any
 import trio
 
 from ..store import MemoryStore, Store
-from .bots import Block, Bot
+from .bots import Block, Bot, InvalidBot, parse_bot
 from .conversations import Conversation, Outcome, Reason, Wait, WallClock, new_conversation_key
 from .errors import Refused
 from .flow import advance
@@ -173,6 +173,18 @@ class Gate:
         self.store.add_bot(bot)
         return bot
 
+    def create_bot(self, document: Any) -> Bot:
+        """Validate and register a bot document (``POST /api/bots``).
+
+        Refuses with ``invalid_bot`` listing every problem (in ``problems``), or ``bot_exists``.
+        """
+        try:
+            bot = parse_bot(document)
+        except InvalidBot as error:
+            problems = [problem.as_dict() for problem in error.problems]
+            raise Refused("invalid_bot", f"{len(problems)} problem(s) in the bot", problems=problems) from None
+        return self.add_bot(bot)
+
     def get_bot(self, bot_id: str) -> Bot:
         """The bot, or ``unknown_bot``."""
         bot = self.store.get_bot(bot_id)
@@ -198,10 +210,17 @@ class Gate:
     # -- conversations ------------------------------------------------------------------------
 
     def start_conversation(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
-        """Start a conversation and run it to its first wait or end."""
+        """Start a conversation and run it to its first wait or end.
+
+        ``variables`` (a JSON object of plain data) are set before the start; refused with
+        ``invalid_payload`` when they are not an object, nest deeper than 64 levels or hold
+        strings that are not valid Unicode.
+        """
         bot = self.get_bot(bot_id)
         if self._wake is None:
             raise RuntimeError("the gate's scheduler is not running: `await nursery.start(gate.run)` first")
+        if variables is not None and not isinstance(variables, dict):
+            raise Refused("invalid_payload", "variables must be a JSON object")
         try:
             check_json_value(variables or {})
         except UnsafeValue as error:

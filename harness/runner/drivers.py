@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import httpx
 import trio
 
-from ..core.bots import InvalidBot, parse_bot
 from ..core.errors import STATUS_BY_CODE, Refused
 from ..core.gate import Gate
 from ..core.webhooks import WebhookHandler, media_type_of
@@ -95,17 +94,11 @@ class CoreClient:
             return 200, gate.get_conversation(parts[2]).as_dict(gate.clock)
         if parts[:2] == ["api", "bots"]:
             if len(parts) == 2 and method == "POST":
-                try:
-                    bot = parse_bot(document)
-                except InvalidBot as error:
-                    problems = [problem.as_dict() for problem in error.problems]
-                    raise Refused("invalid_bot", f"{len(problems)} problem(s) in the bot", problems=problems) from None
-                return 201, gate.bot_document(gate.add_bot(bot))
+                return 201, gate.bot_document(gate.create_bot(document))
             if len(parts) == 3 and method == "GET":
                 return 200, gate.bot_document(gate.get_bot(parts[2]))
             if len(parts) == 4 and parts[3] == "conversations" and method == "POST":
-                variables = (document or {}).get("variables", {})
-                return 201, gate.start_conversation(parts[2], variables).as_dict(gate.clock)
+                return 201, gate.start_conversation(parts[2], (document or {}).get("variables")).as_dict(gate.clock)
         raise ValueError(f"the core driver has no route for {method} /{'/'.join(parts)}")
 
 
