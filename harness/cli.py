@@ -238,6 +238,8 @@ def run(
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
     workers: Annotated[int | None, typer.Option(
         help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
+    driver: Annotated[str, typer.Option(
+        help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
     junit_xml: Annotated[Path | None, typer.Option(
         "--junit-xml", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
     summary_json: Annotated[Path | None, typer.Option(
@@ -252,6 +254,9 @@ def run(
     from .runner.progress import progress_display
     from .runner.report import write_junit_xml, write_summary_json
 
+    if driver not in ("asgi", "core"):
+        err.print(f"--driver: one of asgi, core; got {driver!r}")
+        raise typer.Exit(2)
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         err.print(f"--out {out}: results go to a .parquet or .csv file")
         raise typer.Exit(2)
@@ -275,7 +280,7 @@ def run(
         with progress_display(scenario.name, total, console=err) as progress:
             try:
                 frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency, workers=workers,
-                                                  progress=progress))
+                                                  driver=driver, progress=progress))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
                 raise typer.Exit(1) from None

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import trio
 
-from .drivers import live
+from .drivers import DRIVERS, live
 from .engine import execute
 from .progress import NO_PROGRESS, NotebookProgress, Progress, reporting_to
 from .results import to_frame
@@ -59,6 +59,7 @@ def run_loaded_scenario(
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
     workers: int | None = None,
+    driver: str = "asgi",
     progress: Progress = NO_PROGRESS,
 ) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario`.
@@ -66,6 +67,8 @@ def run_loaded_scenario(
     ``progress`` hears of every conversation that starts and finishes (see
     :mod:`harness.runner.progress`); ``on_conversation_done`` is called as each one finishes.
     """
+    if driver not in DRIVERS:
+        raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
     done = on_conversation_done
 
     def finished() -> None:
@@ -74,11 +77,11 @@ def run_loaded_scenario(
             done()
 
     with reporting_to(progress):
-        return _run(scenario, target, done if progress is NO_PROGRESS else finished, concurrency, workers)
+        return _run(scenario, target, done if progress is NO_PROGRESS else finished, concurrency, workers, driver)
 
 
 def _run(scenario: Scenario, target: str | None, on_conversation_done: Callable[[], None] | None,
-         concurrency: int, workers: int | None) -> pd.DataFrame:
+         concurrency: int, workers: int | None, driver: str) -> pd.DataFrame:
     if target is not None:
 
         async def real_time() -> list[dict[str, Any]]:
@@ -88,8 +91,8 @@ def _run(scenario: Scenario, target: str | None, on_conversation_done: Callable[
         return to_frame(_outside_any_event_loop(lambda: trio.run(real_time)))
     processes = auto_workers(scenario) if workers is None else max(1, workers)
     if processes > 1 and len(scenario.subcases) > 1:
-        return to_frame(run_sharded(scenario, processes, on_conversation_done))
-    return to_frame(_outside_any_event_loop(lambda: run_virtual(scenario, on_conversation_done)))
+        return to_frame(run_sharded(scenario, processes, on_conversation_done, driver=driver))
+    return to_frame(_outside_any_event_loop(lambda: run_virtual(scenario, on_conversation_done, driver=driver)))
 
 
 def run_scenario(
@@ -98,6 +101,7 @@ def run_scenario(
     target: str | None = None,
     seed: int | None = None,
     workers: int | None = None,
+    driver: str = "asgi",
     progress: bool = False,
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
@@ -105,8 +109,10 @@ def run_scenario(
     Without ``target``: a fresh in-process gate in virtual time (a 300 s timeout costs
     milliseconds); large runs spread their sub-cases over one process per core (``workers``
     overrides; the rows are the same either way). With ``target="http://127.0.0.1:8000"``: in
-    real time against that live gate. ``seed`` overrides the file's seed. ``progress=True``
-    shows a bar of conversations started and finished (a widget in Jupyter). Raises
+    real time against that live gate. ``seed`` overrides the file's seed. ``driver`` picks how
+    a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in process) or ``"core"`` (the
+    same webhook handling without HTTP framing; same rows, faster). ``progress=True`` shows a bar
+    of conversations started and finished (a widget in Jupyter). Raises
     ``InvalidScenario`` listing every problem::
 
         frame = run_scenario("scenarios/payment.toml")
@@ -114,7 +120,7 @@ def run_scenario(
     """
     scenario = as_scenario(path_or_dict, seed=seed)
     if not progress:
-        return run_loaded_scenario(scenario, target=target, workers=workers)
+        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver)
     total = sum(subcase.conversations for subcase in scenario.subcases)
     with NotebookProgress(scenario.name, total) as bar:
-        return run_loaded_scenario(scenario, target=target, workers=workers, progress=bar)
+        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver, progress=bar)
