@@ -157,3 +157,20 @@ def test_run_scenario_progress_shows_a_bar(capsys: pytest.CaptureFixture[str]) -
     run_scenario({"name": "bar", "bot": str(BOTS / "payment.toml"), "cases": [{"conversations": 5}]}, progress=True)
     err = capsys.readouterr().err
     assert "bar: 100%" in err and "5/5" in err and "started 5" in err
+
+
+@pytest.mark.slow
+def test_run_scenario_progress_is_a_widget_bar_in_jupyter() -> None:
+    pytest.importorskip("ipywidgets")
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        "import harness\n"
+        f"frame = harness.run_scenario({{'bot': {str(BOTS / 'payment.toml')!r}, 'cases': [{{'conversations': 30}}]}},"
+        " progress=True)\nlen(frame)"))
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {}) for output in outputs)
+    assert outputs[-1]["data"]["text/plain"] == "30"
