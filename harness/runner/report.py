@@ -114,7 +114,7 @@ def _failure_message(rows: pd.DataFrame, summary: dict[str, Any], thresholds: li
                      examples: list[dict[str, Any]]) -> str:
     """What failed, in a few lines: expectations (each distinct problem counted), thresholds, errors, examples."""
     lines = []
-    failed = rows[rows["passed"].fillna(True) == False]  # noqa: E712 (a nullable boolean column)
+    failed = rows[_failed_expectations(rows)]
     if len(failed):
         checked = int(rows["passed"].notna().sum())
         lines.append(f"expectations: {len(failed)} of {checked} conversations failed")
@@ -133,6 +133,11 @@ def _failure_message(rows: pd.DataFrame, summary: dict[str, Any], thresholds: li
     return "\n".join(lines)
 
 
+def _failed_expectations(rows: pd.DataFrame) -> pd.Series:
+    """Conversations whose expectations failed (``passed`` is a nullable boolean: NA = exploratory)."""
+    return ~rows["passed"].fillna(True).astype(bool)
+
+
 def _examples(rows: pd.DataFrame, thresholds: list[ThresholdResult]) -> list[dict[str, Any]]:
     """Up to :data:`MAX_EXAMPLES` conversations that show the failure.
 
@@ -140,7 +145,7 @@ def _examples(rows: pd.DataFrame, thresholds: list[ThresholdResult]) -> list[dic
     failed threshold the wrong way (e.g. the unsuccessful ones for ``success_rate >= 0.99``,
     the longest waits for ``p95(waited_s) <= 60``).
     """
-    culprits = rows[(rows["passed"].fillna(True) == False) | rows["error"].notna()]  # noqa: E712
+    culprits = rows[_failed_expectations(rows) | rows["error"].notna()]
     failed = [t for t in thresholds if not t.passed]
     if culprits.empty and failed:
         threshold = parse_threshold(failed[0].expr)
