@@ -260,6 +260,10 @@ def run(
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         err.print(f"--out {out}: results go to a .parquet or .csv file")
         raise typer.Exit(2)
+    for option, report_path in (("--junit-xml", junit_xml), ("--summary-json", summary_json)):
+        if report_path is not None and report_path.is_dir():
+            err.print(f"{option} {report_path}: is a folder; give a file name")
+            raise typer.Exit(2)
     loaded, invalid = [], False
     for path in _scenario_files(scenarios):
         try:

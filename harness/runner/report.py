@@ -19,6 +19,7 @@ import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -223,9 +224,11 @@ def summary_json(results: list[CaseResult]) -> dict[str, Any]:
     }
 
 
-def write_summary_json(results: list[CaseResult], path: Any) -> None:
-    """Write :func:`summary_json`; ``allow_nan=False`` guarantees strict JSON."""
-    with open(path, "w", encoding="utf-8") as file:
+def write_summary_json(results: list[CaseResult], path: str | Path) -> None:
+    """Write :func:`summary_json` (creating missing folders); ``allow_nan=False`` guarantees strict JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
         json.dump(summary_json(results), file, indent=2, allow_nan=False, ensure_ascii=False)
         file.write("\n")
 
@@ -266,6 +269,8 @@ def junit_xml(results: list[CaseResult], *, durations_s: dict[str, float] | None
     return ET.ElementTree(root)
 
 
-def write_junit_xml(results: list[CaseResult], path: Any, *, durations_s: dict[str, float] | None = None) -> None:
-    """Write :func:`junit_xml` to ``path`` (UTF-8, with an XML declaration)."""
+def write_junit_xml(results: list[CaseResult], path: str | Path, *, durations_s: dict[str, float] | None = None) -> None:
+    """Write :func:`junit_xml` to ``path`` (UTF-8, with an XML declaration; missing folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     junit_xml(results, durations_s=durations_s).write(path, encoding="utf-8", xml_declaration=True)
