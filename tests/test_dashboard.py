@@ -137,3 +137,31 @@ def test_user_text_is_shown_as_text_and_a_lost_gate_is_said(tmp_path: Path, brow
     finally:
         server.kill()
     expect(page.locator("#status")).to_contain_text("cannot reach the gate", timeout=5000)
+
+
+@pytest.mark.slow
+def test_with_an_api_token_the_page_works_from_its_cookie_and_builds_no_token_url(tmp_path: Path,
+                                                                                 browser_page: Any) -> None:
+    import inspect
+
+    from playwright.sync_api import expect
+
+    from harness.server import create_app
+
+    if "api_token" not in inspect.signature(create_app).parameters:
+        pytest.skip("harness serve has no --api-token in this checkout yet")
+    page, token = browser_page, "s3cret-token"
+    server = ServerProcess.harness_serve("--api-token", token, "--bots", str(BOTS / "payment.toml"),
+                                         log=tmp_path / "serve.log")
+    with server:
+        assert httpx.get(f"{server.url}/").status_code == 401
+        assert httpx.get(f"{server.url}/api/dashboard").status_code == 401
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        page.goto(f"{server.url}/?token={token}")
+        expect(page.locator("#bots")).to_contain_text("payment")
+        expect(page.locator("#status")).to_contain_text("live")
+        assert token not in page.url  # dropped from the address bar
+        assert [url for url in urls[1:] if token in url] == []  # only the first visit carried it
+        cookie = next(c for c in page.context.cookies() if c["name"] == "harness_token")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
