@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from .core.errors import STATUS_BY_CODE, Refused
 from .core.gate import LATENESS_BUCKETS, Gate
 from .core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
+from .dashboard import register_dashboard
 
 __all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
 
@@ -146,6 +147,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     async def metrics() -> Response:
         return Response(render_metrics(gate, webhook_calls), content_type="text/plain; version=0.0.4")
 
+    register_dashboard(app, gate)  # GET / (the live page) and GET /api/dashboard
     return app
 
 
