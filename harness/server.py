@@ -205,7 +205,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
         variables = document.get("variables", {})
         if not isinstance(variables, dict):
             raise Refused("invalid_payload", "variables must be a JSON object")
-        conversation = gate.start_conversation(bot_id, variables)
+        conversation = await gate.start_conversation_async(bot_id, variables)
         return json_response(conversation.as_dict(gate.clock), 201)
 
     @app.get("/api/conversations/<key>")
@@ -231,8 +231,9 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
                 verify(body, block.secret, request.headers.get(HEADER), unix_time=gate.clock.unix(trio.current_time()))
             except SignatureError as error:
                 raise Refused("invalid_signature", str(error)) from None
-        # From here to the answer there is no await: check and resolution are one atomic step.
-        delivery = gate.deliver(bot_id, block_id, payload)
+        # Checks and resolution are one atomic step inside deliver_async (no await between them);
+        # only the flow after the resolution may await its scripts (real time only).
+        delivery = await gate.deliver_async(bot_id, block_id, payload)
         return json_response(
             {
                 "status": "accepted",

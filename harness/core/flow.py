@@ -24,7 +24,7 @@ and what is left. A step whose budget runs out ends the conversation ``errored``
 from __future__ import annotations
 
 import functools
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +115,7 @@ def advance(conversation: Conversation, bot: Bot, block_id: str | None, now: flo
     caller arms its deadline), or ``None`` when it completed or errored. ``block_id=None`` ends
     the conversation as completed: that is where an edge-less block leads.
     """
-    engine = _step(conversation, bot, block_id, now)
+    engine = _step(conversation, bot, block_id, lambda: now)
     try:
         script = next(engine)
         while True:
@@ -132,7 +132,8 @@ async def advance_async(conversation: Conversation, bot: Bot, block_id: str | No
     """
     if scripts_run_inline():
         return advance(conversation, bot, block_id, now)
-    engine = _step(conversation, bot, block_id, now)
+    # Scripts take real time here: a wait opens when its block is reached, not when the step began.
+    engine = _step(conversation, bot, block_id, trio.current_time)
     try:
         script = next(engine)
         while True:
@@ -163,8 +164,11 @@ def _script_limiter() -> trio.CapacityLimiter:
 
 
 def _step(conversation: Conversation, bot: Bot, block_id: str | None,
-          now: float) -> Generator[_Script, ScriptRun, Wait | None]:
-    """The engine: one flow step, yielding each script to run and receiving its result."""
+          clock: Callable[[], float]) -> Generator[_Script, ScriptRun, Wait | None]:
+    """The engine: one flow step, yielding each script to run and receiving its result.
+
+    ``clock`` gives trio's time when a webhook block opens its wait.
+    """
     conversation.status = "running"
     steps = 0
     spent = 0.0  # wall seconds the step's scripts took
@@ -176,6 +180,7 @@ def _step(conversation: Conversation, bot: Bot, block_id: str | None,
         block = bot.blocks[block_id]
         conversation.block = block_id
         if block.type == "webhook":
+            now = clock()
             wait = Wait(
                 block=block_id,
                 opened_at=now,

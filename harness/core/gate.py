@@ -44,7 +44,7 @@ from ..store import MemoryStore, Store
 from .bots import Block, Bot
 from .conversations import Conversation, Wait, WallClock, new_conversation_key
 from .errors import Refused
-from .flow import advance
+from .flow import advance, advance_async, scripts_run_inline
 
 __all__ = ["Gate", "Delivery", "GateStats"]
 
@@ -96,6 +96,7 @@ class Gate:
         self._deadlines: list[tuple[float, int, str, int]] = []
         self._sequence = itertools.count()
         self._wake: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None  # for flows continued after a timeout in real time
 
     # -- the deadline scheduler ---------------------------------------------------------------
 
@@ -118,14 +119,15 @@ class Gate:
                 self._arm(conversation)
         task_status.started()
         try:
-            while True:
-                self._expire_due(trio.current_time())
-                next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
-                with trio.move_on_at(next_deadline):
-                    await self._wake.wait()
-                self._wake = trio.Event()
+            async with trio.open_nursery() as self._nursery:
+                while True:
+                    self._expire_due(trio.current_time())
+                    next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
+                    with trio.move_on_at(next_deadline):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
         finally:
-            self._wake = None
+            self._wake = self._nursery = None
 
     def open_wait_count(self) -> int:
         """Waits open in the store right now."""
@@ -151,7 +153,12 @@ class Gate:
             wait = conversation.waits[index]
             wait.resolve("failure", "timeout", now)
             bot = self.get_bot(conversation.bot)
-            self._continue(conversation, bot, bot.blocks[wait.block].edges["failure"], now, resolved=index)
+            failure = bot.blocks[wait.block].edges["failure"]
+            if self._nursery is not None and not scripts_run_inline():
+                # Real time: the flow may run scripts, which must not hold up the other deadlines.
+                self._nursery.start_soon(self._continue_async, conversation, bot, failure, now, index)
+            else:
+                self._continue(conversation, bot, failure, now, resolved=index)
 
     # -- bots ---------------------------------------------------------------------------------
 
@@ -183,7 +190,27 @@ class Gate:
     # -- conversations ------------------------------------------------------------------------
 
     def start_conversation(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
-        """Start a conversation and run it to its first wait or end."""
+        """Start a conversation and run it to its first wait or end.
+
+        Its scripts run inline, holding the caller up to the step's 1 s budget; a server uses
+        :meth:`start_conversation_async`.
+        """
+        bot, conversation = self._new_conversation(bot_id, variables)
+        advance(conversation, bot, bot.start, conversation.started_at)
+        return self._started(conversation)
+
+    async def start_conversation_async(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
+        """:meth:`start_conversation` whose scripts, in real time, run off the event loop.
+
+        Under ``MockClock`` it *is* :meth:`start_conversation` (no thread may touch virtual time).
+        """
+        if scripts_run_inline():
+            return self.start_conversation(bot_id, variables)
+        bot, conversation = self._new_conversation(bot_id, variables)
+        await advance_async(conversation, bot, bot.start, conversation.started_at)
+        return self._started(conversation)
+
+    def _new_conversation(self, bot_id: str, variables: dict[str, Any] | None) -> tuple[Bot, Conversation]:
         bot = self.get_bot(bot_id)
         if self._wake is None:
             raise RuntimeError("the gate's scheduler is not running: `await nursery.start(gate.run)` first")
@@ -193,7 +220,9 @@ class Gate:
         conversation = Conversation(key=key, bot=bot.id, url=url, started_at=now)
         conversation.variables.update(variables or {})
         conversation.variables.update({"conversation_key": key, "Conversation URL": url})
-        advance(conversation, bot, bot.start, now)
+        return bot, conversation
+
+    def _started(self, conversation: Conversation) -> Conversation:
         self.store.add_conversation(conversation)
         if conversation.open_wait is not None:
             self._arm(conversation)
@@ -205,7 +234,7 @@ class Gate:
             raise Refused("unknown_conversation", "no conversation has that key")
         return conversation
 
-    def _continue(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float, *,
+    def _continue(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float,
                   resolved: int) -> bool:
         """Run the flow on after wait ``resolved`` and commit it all as one store transaction.
 
@@ -213,6 +242,15 @@ class Gate:
         the in-memory copy is then stale and must be dropped.
         """
         advance(conversation, bot, block_id, now)
+        return self._commit(conversation, resolved)
+
+    async def _continue_async(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float,
+                              resolved: int) -> bool:
+        """:meth:`_continue` whose scripts, in real time, run off the event loop."""
+        await advance_async(conversation, bot, block_id, now)
+        return self._commit(conversation, resolved)
+
+    def _commit(self, conversation: Conversation, resolved: int) -> bool:
         if not self.store.commit(conversation, resolved_wait=resolved):
             return False
         self._resolved(conversation, conversation.waits[resolved])
@@ -243,7 +281,43 @@ class Gate:
 
         Refusals, in the contract's order: ``unknown_webhook``, ``missing_conversation_key``,
         ``unknown_conversation``, ``wait_expired``, ``not_waiting``. A refusal changes nothing.
+        The flow's scripts run inline; a server uses :meth:`deliver_async`.
         """
+        delivery = self._accept(bot_id, block_id, payload)
+        self._settle(delivery, self._continue(*self._continuation(delivery)))
+        return delivery
+
+    async def deliver_async(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
+        """:meth:`deliver` whose scripts, in real time, run off the event loop.
+
+        The checks and the resolution still happen without an await (atomically); only the flow
+        that follows may await its scripts, with the conversation ``running`` meanwhile.
+        Under ``MockClock`` it *is* :meth:`deliver`.
+        """
+        if scripts_run_inline():
+            return self.deliver(bot_id, block_id, payload)
+        delivery = self._accept(bot_id, block_id, payload)
+        self._settle(delivery, await self._continue_async(*self._continuation(delivery)))
+        return delivery
+
+    def _continuation(self, delivery: Delivery) -> tuple[Conversation, Bot, str | None, float, int]:
+        """The arguments of :meth:`_continue` for a just-accepted call (its wait is the last one)."""
+        conversation, wait = delivery.conversation, delivery.wait
+        assert wait.resolved_at is not None
+        bot = self.get_bot(conversation.bot)
+        return (conversation, bot, bot.blocks[wait.block].edges["success"], wait.resolved_at,
+                len(conversation.waits) - 1)
+
+    def _settle(self, delivery: Delivery, committed: bool) -> None:
+        if not committed:
+            # Another process sharing the store resolved this wait between our read and our write.
+            key, block_id, now = delivery.conversation.key, delivery.wait.block, delivery.wait.resolved_at
+            assert now is not None
+            _refuse_if_expired(self.get_conversation(key), block_id, now)
+            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
+
+    def _accept(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
+        """Every check and the resolution of the wait, with no await: one atomic step."""
         block = self.webhook_block(bot_id, block_id)
         key = payload.get("conversation_key")
         if not isinstance(key, str) or not key:
@@ -267,13 +341,8 @@ class Gate:
                 mapped[variable] = value
             else:
                 missing.append(variable)
-        index = len(conversation.waits) - 1
         wait.resolve("success", "received", now)
         conversation.variables.update(mapped)
-        if not self._continue(conversation, self.get_bot(bot_id), block.edges["success"], now, resolved=index):
-            # Another process sharing the store resolved this wait between our read and our write.
-            _refuse_if_expired(self.get_conversation(key), block_id, now)
-            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
         return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)
 
 
