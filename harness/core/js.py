@@ -88,7 +88,7 @@ _RUNNER = r"""(function (input, code) {
   define(globalThis, "wn", {value: wn, writable: false, configurable: false});
   function describe(error) {
     try {
-      if (error === null) return "null thrown (the engine throws it when out of memory)";
+      if (error === null) return "null";  // what the engine throws when it cannot even make an error
       if (typeof error === "object" || typeof error === "function") {
         var name = error.name, message = error.message;
         if (typeof name === "string" && typeof message === "string") {
@@ -188,7 +188,7 @@ def _run(code: str, variables: dict[str, Any], time_limit_s: float) -> dict[str,
     except (ValueError, RecursionError):
         raise ScriptError("the variables cannot be read back (nested too deeply)") from None
     if isinstance(payload, str):
-        raise ScriptError(_printable(payload))
+        raise _engine_error(payload, time_limit_s)
     if not isinstance(payload, dict):
         raise ScriptError("the variables cannot be read back")
     try:
@@ -199,10 +199,11 @@ def _run(code: str, variables: dict[str, Any], time_limit_s: float) -> dict[str,
 
 
 def _engine_error(message: str, time_limit_s: float) -> ScriptError:
+    """The error for a run's failure text, naming the limit when the engine hit one."""
     first = message.strip().splitlines()[0] if message.strip() else ""
-    if "interrupted" in first:
+    if first == "InternalError: interrupted":
         return ScriptError(f"time limit of {time_limit_s:g} s exceeded", timed_out=True)
-    if first in ("", "null") or "out of memory" in first:
+    if first in ("", "null", "InternalError: out of memory"):
         return ScriptError(f"memory limit of {MEMORY_LIMIT_BYTES // (1024 * 1024)} MiB exceeded")
     return ScriptError(_printable(first))
 
