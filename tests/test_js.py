@@ -265,6 +265,26 @@ async def test_in_real_time_a_scripts_run_does_not_hold_the_event_loop() -> None
     assert max(gaps) < 0.25  # inline, one gap would be the script's whole run
 
 
+async def test_a_step_whose_caller_gives_up_still_runs_to_its_end() -> None:
+    """A client hanging up mid-step must not leave the conversation `running` for good."""
+    script = "const t = Date.now(); while (Date.now() - t < 100) {}"
+    gate = Gate(public_url=PUBLIC_URL)
+    gate.add_bot(parse_bot({"id": "b", "start": "wait", "blocks": {
+        "wait": {"type": "webhook", "timeout_s": 30, "success": "one", "failure": "one"},
+        "one": {"type": "javascript", "code": script, "next": "two"},
+        "two": {"type": "javascript", "code": script, "next": "bye"},
+        "bye": {"type": "message", "text": "bye"},
+    }}))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gate.run)
+        key = (await gate.start_conversation_async("b")).key
+        with trio.move_on_after(0.05):
+            await gate.deliver_async("b", "wait", {"conversation_key": key})
+        nursery.cancel_scope.cancel()
+    c = gate.get_conversation(key)
+    assert (c.status, c.transcript[-1]["text"]) == ("completed", "bye")
+
+
 async def test_in_virtual_time_scripts_run_inline_and_waits_open_exactly(autojump_clock: trio.testing.MockClock) -> None:
     gate = Gate(public_url=PUBLIC_URL)
     gate.add_bot(load_bot(BOTS / "payment.toml"))

@@ -134,14 +134,19 @@ async def advance_async(conversation: Conversation, bot: Bot, block_id: str | No
         return advance(conversation, bot, block_id, now)
     # Scripts take real time here: a wait opens when its block is reached, not when the step began.
     engine = _step(conversation, bot, block_id, trio.current_time)
-    try:
-        script = next(engine)
-        while True:
-            run = functools.partial(run_script, script.code, dict(script.variables), time_limit_s=script.time_limit_s)
-            result = await trio.to_thread.run_sync(run, limiter=_script_limiter())
-            script = engine.send(result)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+    # Shielded: a step cut short (a client hanging up) would leave the conversation `running`
+    # for good; the step budget bounds how long the shield can hold.
+    wait: Wait | None = None
+    with trio.CancelScope(shield=True):
+        try:
+            script = next(engine)
+            while True:
+                run = functools.partial(run_script, script.code, dict(script.variables),
+                                        time_limit_s=script.time_limit_s)
+                script = engine.send(await trio.to_thread.run_sync(run, limiter=_script_limiter()))
+        except StopIteration as done:
+            wait = done.value
+    return wait
 
 
 def scripts_run_inline() -> bool:
