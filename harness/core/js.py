@@ -179,8 +179,8 @@ def _run(code: str, variables: dict[str, Any], time_limit_s: float) -> dict[str,
         result = context.eval(_RUNNER)
     except quickjs.JSException as exception:
         raise _engine_error(str(exception), time_limit_s) from None
-    except (MemoryError, UnicodeError) as exception:
-        raise ScriptError(f"the script's result cannot be read back: {exception}") from None
+    except Exception as exception:  # noqa: BLE001 - any failure of the binding fails the block, never the flow
+        raise ScriptError(f"the script's result cannot be read back: {_printable(str(exception))}") from None
     if not isinstance(result, str):
         raise ScriptError("the script's result cannot be read back")
     try:
