@@ -203,6 +203,8 @@ def run(
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
     workers: Annotated[int | None, typer.Option(
         help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
+    driver: Annotated[str, typer.Option(
+        help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
     import pandas as pd
@@ -210,6 +212,9 @@ def run(
 
     from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
 
+    if driver not in ("asgi", "core"):
+        err.print(f"--driver: one of asgi, core; got {driver!r}")
+        raise typer.Exit(2)
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         err.print(f"--out {out}: results go to a .parquet or .csv file")
         raise typer.Exit(2)
@@ -234,7 +239,7 @@ def run(
             task = progress.add_task(scenario.name, total=total)
             try:
                 frames.append(run_loaded_scenario(
-                    scenario, target=target, concurrency=concurrency, workers=workers,
+                    scenario, target=target, concurrency=concurrency, workers=workers, driver=driver,
                     on_conversation_done=functools.partial(progress.advance, task)))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)

@@ -34,23 +34,27 @@ import heapq
 import itertools
 import logging
 import math
-from collections import Counter
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from ..store import MemoryStore, Store
-from .bots import Block, Bot
-from .conversations import Conversation, Wait, WallClock, new_conversation_key
+from .bots import Block, Bot, InvalidBot, parse_bot
+from .conversations import Conversation, Outcome, Reason, Wait, WallClock, new_conversation_key
 from .errors import Refused
 from .flow import advance, advance_async, scripts_run_inline
+from .jsonsafe import UnsafeValue, check_json_value
 
 __all__ = ["Gate", "Delivery", "GateStats"]
 
 log = logging.getLogger("harness.gate")
 
 # Timer lateness buckets (seconds) for the metrics histogram.
+RECENT = 50
+EXPIRY_SLICE_S = 0.05  # the scheduler yields to other tasks after expiring waits for this long
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, math.inf)
 
 
@@ -73,6 +77,7 @@ class GateStats:
     lateness_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENESS_BUCKETS))
     lateness_sum: float = 0.0
     lateness_count: int = 0
+    late_calls: int = 0
 
     def observe_lateness(self, seconds: float) -> None:
         for index, bound in enumerate(LATENESS_BUCKETS):
@@ -96,7 +101,10 @@ class Gate:
         self._deadlines: list[tuple[float, int, str, int]] = []
         self._sequence = itertools.count()
         self._wake: trio.Event | None = None
-        self._nursery: trio.Nursery | None = None  # for flows continued after a timeout in real time
+        # What the live page shows: the latest resolutions and late calls, newest last.
+        self.recent_resolutions: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.recent_late_calls: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._nursery: trio.Nursery | None = None  # flows continued after a timeout, in real time
 
     # -- the deadline scheduler ---------------------------------------------------------------
 
@@ -121,7 +129,8 @@ class Gate:
         try:
             async with trio.open_nursery() as self._nursery:
                 while True:
-                    self._expire_due(trio.current_time())
+                    while self._expire_due(trio.current_time()):
+                        await trio.sleep(0)  # a long batch (slow scripts): let requests in between
                     next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
                     with trio.move_on_at(next_deadline):
                         await self._wake.wait()
@@ -142,23 +151,25 @@ class Gate:
         if self._deadlines[0] is entry and self._wake is not None:
             self._wake.set()  # the scheduler sleeps until a later deadline: wake it up
 
-    def _expire_due(self, now: float) -> None:
+    def _expire_due(self, now: float) -> bool:
+        """Expire the waits whose deadline has come; True if it stopped early with more due."""
         heap = self._deadlines
+        started = time.perf_counter()
         while heap and heap[0][0] <= now:
+            if time.perf_counter() - started > EXPIRY_SLICE_S:
+                return True
             deadline, _, key, index = heapq.heappop(heap)
             conversation = self.store.get_conversation(key)
             if conversation is None or not conversation.waits[index].is_open:
                 continue  # resolved by a call already (here or in another process)
             self.stats.observe_lateness(now - deadline)
-            wait = conversation.waits[index]
-            wait.resolve("failure", "timeout", now)
-            bot = self.get_bot(conversation.bot)
-            failure = bot.blocks[wait.block].edges["failure"]
             if self._nursery is not None and not scripts_run_inline():
-                # Real time: the flow may run scripts, which must not hold up the other deadlines.
-                self._nursery.start_soon(self._continue_async, conversation, bot, failure, now, index)
+                # Real time: the flow may run scripts, which run off the event loop in their own task.
+                # Until that task resolves the wait, the passed deadline already refuses calls.
+                self._nursery.start_soon(self._resolve_async, conversation, index, "failure", "timeout", now)
             else:
-                self._continue(conversation, bot, failure, now, resolved=index)
+                self._resolve(conversation, index, "failure", "timeout", now)
+        return False
 
     # -- bots ---------------------------------------------------------------------------------
 
@@ -169,12 +180,28 @@ class Gate:
         self.store.add_bot(bot)
         return bot
 
+    def create_bot(self, document: Any) -> Bot:
+        """Validate and register a bot document (``POST /api/bots``).
+
+        Refuses with ``invalid_bot`` listing every problem (in ``problems``), or ``bot_exists``.
+        """
+        try:
+            bot = parse_bot(document)
+        except InvalidBot as error:
+            problems = [problem.as_dict() for problem in error.problems]
+            raise Refused("invalid_bot", f"{len(problems)} problem(s) in the bot", problems=problems) from None
+        return self.add_bot(bot)
+
     def get_bot(self, bot_id: str) -> Bot:
         """The bot, or ``unknown_bot``."""
         bot = self.store.get_bot(bot_id)
         if bot is None:
             raise Refused("unknown_bot", f"no bot with id {bot_id!r}")
         return bot
+
+    def bot_document(self, bot: Bot) -> dict[str, Any]:
+        """What the API shows of a bot: its document (secrets redacted) and its webhook URLs."""
+        return {**bot.public_dict(), "webhooks": self.webhook_urls(bot)}
 
     def webhook_urls(self, bot: Bot) -> dict[str, str]:
         return {block: f"{self.public_url}/webhooks/{bot.id}/{block}" for block in bot.webhook_blocks()}
@@ -192,8 +219,10 @@ class Gate:
     def start_conversation(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
         """Start a conversation and run it to its first wait or end.
 
-        Its scripts run inline, holding the caller up to the step's 1 s budget; a server uses
-        :meth:`start_conversation_async`.
+        ``variables`` (a JSON object of plain data) are set before the start; refused with
+        ``invalid_payload`` when they are not an object, nest deeper than 64 levels or hold
+        strings that are not valid Unicode. Its scripts run inline, holding the caller up to the
+        step's 1 s budget; a server uses :meth:`start_conversation_async`.
         """
         bot, conversation = self._new_conversation(bot_id, variables)
         advance(conversation, bot, bot.start, conversation.started_at)
@@ -214,6 +243,12 @@ class Gate:
         bot = self.get_bot(bot_id)
         if self._wake is None:
             raise RuntimeError("the gate's scheduler is not running: `await nursery.start(gate.run)` first")
+        if variables is not None and not isinstance(variables, dict):
+            raise Refused("invalid_payload", "variables must be a JSON object")
+        try:
+            check_json_value(variables or {})
+        except UnsafeValue as error:
+            raise Refused("invalid_payload", f"variables: {error}") from None
         now = trio.current_time()
         key = new_conversation_key()
         url = f"{self.public_url}/c/{key}"
@@ -234,32 +269,53 @@ class Gate:
             raise Refused("unknown_conversation", "no conversation has that key")
         return conversation
 
-    def _continue(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float,
-                  resolved: int) -> bool:
-        """Run the flow on after wait ``resolved`` and commit it all as one store transaction.
+    def _resolve(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason, now: float,
+                 mapped: dict[str, Any] | None = None) -> bool:
+        """Resolve wait ``index``, run the flow on along its edge, and commit it all as one step.
 
-        Returns False when the store refuses because another process resolved that wait first;
-        the in-memory copy is then stale and must be dropped.
+        Either the store has it all, or — if anything fails on the way, or the store refuses
+        because another process resolved that wait first (then this returns False) — the
+        conversation is exactly as it was: a 5xx means nothing changed.
         """
-        advance(conversation, bot, block_id, now)
-        return self._commit(conversation, resolved)
-
-    async def _continue_async(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float,
-                              resolved: int) -> bool:
-        """:meth:`_continue` whose scripts, in real time, run off the event loop."""
-        await advance_async(conversation, bot, block_id, now)
-        return self._commit(conversation, resolved)
-
-    def _commit(self, conversation: Conversation, resolved: int) -> bool:
-        if not self.store.commit(conversation, resolved_wait=resolved):
-            return False
-        self._resolved(conversation, conversation.waits[resolved])
-        if conversation.open_wait is not None:
-            self._arm(conversation)
+        wait = conversation.waits[index]
+        bot = self.get_bot(conversation.bot)
+        with conversation.rollback_on_error():
+            wait.resolve(outcome, reason, now)
+            conversation.variables.update(mapped or {})
+            advance(conversation, bot, bot.blocks[wait.block].edges[outcome], now)
+            if not self.store.commit(conversation, resolved_wait=index):
+                return False
+        self._resolved(conversation, wait, now)
         return True
 
-    def _resolved(self, conversation: Conversation, wait: Wait) -> None:
+    async def _resolve_async(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason,
+                             now: float, mapped: dict[str, Any] | None = None) -> bool:
+        """:meth:`_resolve` whose scripts, in real time, run off the event loop.
+
+        The wait is resolved before the first await, so from then on calls find it resolved; the
+        conversation is ``running`` until its step ends.
+        """
+        wait = conversation.waits[index]
+        bot = self.get_bot(conversation.bot)
+        with conversation.rollback_on_error():
+            wait.resolve(outcome, reason, now)
+            conversation.variables.update(mapped or {})
+            await advance_async(conversation, bot, bot.blocks[wait.block].edges[outcome], now)
+            if not self.store.commit(conversation, resolved_wait=index):
+                return False
+        self._resolved(conversation, wait, now)
+        return True
+
+    def _resolved(self, conversation: Conversation, wait: Wait, now: float) -> None:
+        """Count, show and log a committed resolution; arm the wait the flow opened next, if any."""
+        if conversation.open_wait is not None:
+            self._arm(conversation)
         self.stats.resolutions[(wait.outcome or "", wait.reason or "")] += 1
+        self.recent_resolutions.append({
+            "at": self.clock.iso(now), "bot": conversation.bot, "block": wait.block,
+            "conversation": conversation.key[:8] + "…", "outcome": wait.outcome, "reason": wait.reason,
+            "waited_s": wait.waited_s,
+        })
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(
@@ -279,55 +335,52 @@ class Gate:
     def deliver(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
         """Decide a webhook call whose body has been read, parsed and (if needed) verified.
 
-        Refusals, in the contract's order: ``unknown_webhook``, ``missing_conversation_key``,
-        ``unknown_conversation``, ``wait_expired``, ``not_waiting``. A refusal changes nothing.
-        The flow's scripts run inline; a server uses :meth:`deliver_async`.
+        The key is the payload's value at the block's ``key_path``. Refusals, in the contract's
+        order: ``unknown_webhook``, ``missing_conversation_key``, ``unknown_conversation``,
+        ``wait_expired``, ``not_waiting``. A refusal changes nothing, except that a
+        ``wait_expired`` is recorded in the conversation's ``late_calls``. The flow's scripts run
+        inline; a server uses :meth:`deliver_async`.
         """
-        delivery = self._accept(bot_id, block_id, payload)
-        self._settle(delivery, self._continue(*self._continuation(delivery)))
-        return delivery
+        delivery, now = self._check_call(bot_id, block_id, payload)
+        index = len(delivery.conversation.waits) - 1
+        resolved = self._resolve(delivery.conversation, index, "success", "received", now, delivery.mapped)
+        return self._settled(delivery, resolved, now)
 
     async def deliver_async(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
         """:meth:`deliver` whose scripts, in real time, run off the event loop.
 
-        The checks and the resolution still happen without an await (atomically); only the flow
-        that follows may await its scripts, with the conversation ``running`` meanwhile.
+        The checks and the resolution still happen with no await between them (atomically); only
+        the flow after the resolution awaits its scripts, the conversation ``running`` meanwhile.
         Under ``MockClock`` it *is* :meth:`deliver`.
         """
         if scripts_run_inline():
             return self.deliver(bot_id, block_id, payload)
-        delivery = self._accept(bot_id, block_id, payload)
-        self._settle(delivery, await self._continue_async(*self._continuation(delivery)))
+        delivery, now = self._check_call(bot_id, block_id, payload)
+        index = len(delivery.conversation.waits) - 1
+        resolved = await self._resolve_async(delivery.conversation, index, "success", "received", now, delivery.mapped)
+        return self._settled(delivery, resolved, now)
+
+    def _settled(self, delivery: Delivery, resolved: bool, now: float) -> Delivery:
+        if not resolved:
+            # Another process sharing the store resolved this wait between our read and our write.
+            block_id = delivery.wait.block
+            self._refuse_if_expired(self.get_conversation(delivery.conversation.key), block_id, now)
+            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
         return delivery
 
-    def _continuation(self, delivery: Delivery) -> tuple[Conversation, Bot, str | None, float, int]:
-        """The arguments of :meth:`_continue` for a just-accepted call (its wait is the last one)."""
-        conversation, wait = delivery.conversation, delivery.wait
-        assert wait.resolved_at is not None
-        bot = self.get_bot(conversation.bot)
-        return (conversation, bot, bot.blocks[wait.block].edges["success"], wait.resolved_at,
-                len(conversation.waits) - 1)
-
-    def _settle(self, delivery: Delivery, committed: bool) -> None:
-        if not committed:
-            # Another process sharing the store resolved this wait between our read and our write.
-            key, block_id, now = delivery.conversation.key, delivery.wait.block, delivery.wait.resolved_at
-            assert now is not None
-            _refuse_if_expired(self.get_conversation(key), block_id, now)
-            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
-
-    def _accept(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
-        """Every check and the resolution of the wait, with no await: one atomic step."""
+    def _check_call(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> tuple[Delivery, float]:
+        """Every refusal check of a call, in the contract's order; the mapping it would apply."""
         block = self.webhook_block(bot_id, block_id)
-        key = payload.get("conversation_key")
-        if not isinstance(key, str) or not key:
-            raise Refused("missing_conversation_key", "the payload needs a non-empty string conversation_key")
+        found, key = block.key_path.extract(payload)
+        if not found or not isinstance(key, str) or not key:
+            raise Refused("missing_conversation_key",
+                          f"the payload needs a non-empty string at {block.key_path.text!r}")
         conversation = self.store.get_conversation(key)
         if conversation is None or conversation.bot != bot_id:
             raise Refused("unknown_conversation", f"no conversation of bot {bot_id!r} has that key")
 
         now = trio.current_time()
-        _refuse_if_expired(conversation, block_id, now)
+        self._refuse_if_expired(conversation, block_id, now)
         wait = conversation.open_wait
         if wait is None or wait.block != block_id:
             where = f"waiting at {wait.block!r}" if wait else conversation.status
@@ -341,13 +394,22 @@ class Gate:
                 mapped[variable] = value
             else:
                 missing.append(variable)
-        wait.resolve("success", "received", now)
-        conversation.variables.update(mapped)
-        return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)
+        return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing), now
 
+    def _refuse_if_expired(self, conversation: Conversation, block_id: str, now: float) -> None:
+        """``wait_expired`` when the latest wait at the block reached its deadline without a valid call.
 
-def _refuse_if_expired(conversation: Conversation, block_id: str, now: float) -> None:
-    """``wait_expired`` when the latest wait at the block reached its deadline without a valid call."""
-    latest = conversation.latest_wait_at(block_id)
-    if latest is not None and latest.expired_at(now):
+        The refused call is recorded as a late call: a customer who acted (paid) but was told
+        the flow failed.
+        """
+        latest = conversation.latest_wait_at(block_id)
+        if latest is None or not latest.expired_at(now):
+            return
+        late = {"block": block_id, "at": now, "after_deadline_s": now - latest.deadline}
+        self.store.add_late_call(conversation, late)
+        self.stats.late_calls += 1
+        self.recent_late_calls.append({
+            "at": self.clock.iso(now), "bot": conversation.bot, "block": block_id,
+            "conversation": conversation.key[:8] + "…", "after_deadline_s": late["after_deadline_s"],
+        })
         raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")
