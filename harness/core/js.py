@@ -12,18 +12,21 @@ context would fail the second time) with a memory limit of 32 MiB and a time lim
 
 Why so careful: the Python binding turns an exception that escapes ``eval`` into text *after*
 the time limit is off and with the GIL held, so a thrown ``{toString() {while (true) {}}}``
-would hang the whole process. Only the engine's own uncatchable errors ("interrupted", "out of
-memory") can escape the runner, and before the user code runs the runner locks the two doors
-the binding then opens on them (their text conversion and their ``stack``).
+would hang the whole process. Only the engine's own errors can escape the runner (the
+uncatchable "interrupted", or "out of memory" inside the runner's own handler), and before the
+user code runs the runner locks the doors the binding then opens on them: their conversion to
+text, their ``stack``, and ``Error.prepareStackTrace``/``stackTraceLimit``.
 
 QuickJS refuses calls into Python while a time limit is set, so ``wn`` is written in JavaScript
 over a plain object of variables that goes in as JSON and comes back as JSON.
 
 The time limit counts *CPU* time of the whole process (the binding uses C ``clock()``): it is
 exact for CPU (measured: a runaway loop, a catastrophic regex, a looping ``toJSON`` or getter all
-stop at 0.50 s of CPU), but on a busy machine the wall time is longer. :data:`CPU_SHARE` trims
-the limit a little so one runaway script costs ≈ 0.5 s of wall time when the machine is not
-saturated.
+stop at their limit of CPU to the millisecond), but on a busy machine the wall time is longer,
+and CPU other threads of the process use counts too (so a server runs one script at a time, see
+:mod:`harness.core.flow`). :data:`CPU_SHARE` trims the limit a little so one runaway script
+costs ≈ 0.5 s of wall time when the machine is not saturated. The wall time a flow step may
+spend on scripts is bounded separately by the flow's 1 s step budget.
 
 ``{{name}}`` placeholders in the code are filled in before the run (:func:`render_code`,
 SPEC §8.5), escaped for where they stand, so a variable's value can never become code.
