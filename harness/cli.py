@@ -22,6 +22,9 @@ from .core.bots import Bot, InvalidBot, load_bot
 
 if TYPE_CHECKING:
     import pandas as pd
+    from rich.table import Table
+
+    from .runner.report import CaseResult
 
 app = typer.Typer(
     add_completion=False,
@@ -156,35 +159,67 @@ def serve(
     err.print("stopped")
 
 
-def _print_summary(frame: pd.DataFrame) -> bool:
-    """Print one table per scenario; return True when every expectation and threshold held."""
+def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:
+    """Print one table per scenario and the verdict line (last on stdout); return the verdicts."""
+    from rich.measure import Measurement
+
+    from .runner.report import case_results, verdict_line
+
+    results = case_results(frame)
+    scenarios: dict[str, list[CaseResult]] = {}
+    for result in results:
+        scenarios.setdefault(result.scenario, []).append(result)
+    for scenario, cases in scenarios.items():
+        table = _wide_table(scenario, cases)
+        # Wide when every column fits without cutting a word (cells may wrap); else one block per case.
+        # (Measured without the console's width limit, which would clamp the measurement.)
+        if Measurement.get(out, out.options.update_width(1 << 16), table).minimum <= out.width:
+            out.print(table)
+        else:
+            _print_stacked(scenario, cases)
+    out.print(verdict_line(results), soft_wrap=True, highlight=False, markup=False)
+    return results
+
+
+def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
     from rich.table import Table
+    from rich.text import Text
 
-    from .runner import summarize
+    table = Table(title=Text(f"scenario {scenario}"), title_justify="left", show_lines=False)
+    for column, justify in (("case", "left"), ("variant", "left"), ("n", "right"), ("success", "right"),
+                            ("failure", "right"), ("timeout", "right"), ("misattr.", "right"),
+                            ("statuses", "left"), ("waited p50/p95", "right"), ("expect", "right"),
+                            ("thresholds", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for result in cases:
+        row = result.summary
+        cells = (result.case, result.variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
+                 f"{row['timeout_rate']:.1%}", f"{row['misattributed_rate']:.1%}", row["statuses"],
+                 f"{row['p50_waited_s']:.2f}/{row['p95_waited_s']:.2f} s", _expectations(row),
+                 row["thresholds"].replace("; ", "\n"))
+        table.add_row(*map(Text, cells), style=None if result.passed else "red")  # Text: names are not markup
+    return table
 
-    summary = summarize(frame)
-    all_ok = True
-    for scenario, rows in summary.groupby("scenario", sort=False):
-        table = Table(title=f"scenario {scenario}", title_justify="left", show_lines=False)
-        for column, justify in (("case", "left"), ("variant", "left"), ("n", "right"), ("success", "right"),
-                                ("failure", "right"), ("timeout", "right"), ("misattr.", "right"),
-                                ("statuses", "left"), ("waited p50/p95", "right"), ("expect", "right"),
-                                ("thresholds", "left")):
-            table.add_column(column, justify=justify)  # type: ignore[arg-type]
-        for row in rows.itertuples():
-            ok = row.expectations_ok and row.thresholds_ok and row.errors == 0
-            all_ok &= ok
-            style = None if ok else "red"
-            table.add_row(
-                str(row.case), str(row.variant), str(row.n),
-                f"{row.success_rate:.1%}", f"{row.failure_rate:.1%}", f"{row.timeout_rate:.1%}",
-                f"{row.misattributed_rate:.1%}", row.statuses,
-                f"{row.p50_waited_s:.2f}/{row.p95_waited_s:.2f} s",
-                row.expectations + (f" ({row.errors} errors)" if row.errors else ""),
-                row.thresholds.replace("; ", "\n"), style=style,
-            )
-        out.print(table)
-    return all_ok
+
+def _expectations(row: dict[str, object]) -> str:
+    return f"{row['expectations']}" + (f" ({row['errors']} errors)" if row["errors"] else "")
+
+
+def _print_stacked(scenario: str, cases: list[CaseResult]) -> None:
+    """The narrow layout: a few short lines per case, nothing cut."""
+    from rich.text import Text
+
+    out.print(Text(f"scenario {scenario}", style="italic"))
+    for result in cases:
+        row = result.summary
+        lines = [
+            f"{'✓' if result.passed else '✗'} {result.label}  n {row['n']}, expect {_expectations(row)}",
+            f"    success {row['success_rate']:.1%}  failure {row['failure_rate']:.1%}  "
+            f"timeout {row['timeout_rate']:.1%}  misattr. {row['misattributed_rate']:.1%}",
+            f"    statuses {row['statuses']}  waited p50/p95 {row['p50_waited_s']:.2f}/{row['p95_waited_s']:.2f} s",
+            *(f"    {text}" for text in row["thresholds"].split("; ") if text != "-"),
+        ]
+        out.print(Text("\n".join(lines), style="" if result.passed else "red"))
 
 
 def _scenario_files(paths: list[Path]) -> list[Path]:
@@ -205,12 +240,19 @@ def run(
         help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
     driver: Annotated[str, typer.Option(
         help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
+    junit_xml: Annotated[Path | None, typer.Option(
+        "--junit-xml", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
+    summary_json: Annotated[Path | None, typer.Option(
+        "--summary-json", help="Write the per-case summary as JSON (SPEC §12).")] = None,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
+    import time
+
     import pandas as pd
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
+    from .runner.progress import progress_display
+    from .runner.report import write_junit_xml, write_summary_json
 
     if driver not in ("asgi", "core"):
         err.print(f"--driver: one of asgi, core; got {driver!r}")
@@ -218,6 +260,10 @@ def run(
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         err.print(f"--out {out}: results go to a .parquet or .csv file")
         raise typer.Exit(2)
+    for option, report_path in (("--junit-xml", junit_xml), ("--summary-json", summary_json)):
+        if report_path is not None and report_path.is_dir():
+            err.print(f"{option} {report_path}: is a folder; give a file name")
+            raise typer.Exit(2)
     loaded, invalid = [], False
     for path in _scenario_files(scenarios):
         try:
@@ -231,25 +277,28 @@ def run(
             err.print("no scenario files given")
         raise typer.Exit(2)
 
-    frames = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as progress:
-        for scenario in loaded:
-            total = sum(subcase.conversations for subcase in scenario.subcases)
-            task = progress.add_task(scenario.name, total=total)
+    frames, durations_s = [], dict[str, float]()
+    for scenario in loaded:
+        total = sum(subcase.conversations for subcase in scenario.subcases)
+        began = time.monotonic()
+        with progress_display(scenario.name, total, console=err) as progress:
             try:
-                frames.append(run_loaded_scenario(
-                    scenario, target=target, concurrency=concurrency, workers=workers, driver=driver,
-                    on_conversation_done=functools.partial(progress.advance, task)))
+                frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency, workers=workers,
+                                                  driver=driver, progress=progress))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
                 raise typer.Exit(1) from None
+        durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    all_ok = _print_summary(frame)
     if out is not None:
         save_results(frame, out)
         err.print(f"{len(frame)} rows written to {out}")
-    raise typer.Exit(0 if all_ok else 1)
+    results = _print_summary(frame)
+    if junit_xml is not None:
+        write_junit_xml(results, junit_xml, durations_s=durations_s)
+    if summary_json is not None:
+        write_summary_json(results, summary_json)
+    raise typer.Exit(0 if all(result.passed for result in results) else 1)
 
 
 @app.command()
@@ -298,7 +347,7 @@ def report(results: Annotated[Path, typer.Argument(help="A results file from `ha
     except ValueError as error:
         err.print(str(error))
         raise typer.Exit(2) from None
-    raise typer.Exit(0 if _print_summary(frame) else 1)
+    raise typer.Exit(0 if all(result.passed for result in _print_summary(frame)) else 1)
 
 
 def main() -> None:

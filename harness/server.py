@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from .core.errors import STATUS_BY_CODE, Refused
 from .core.gate import LATENESS_BUCKETS, Gate
 from .core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
+from .dashboard import register_dashboard
 
 __all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
 
@@ -125,7 +126,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     async def start_conversation(bot_id: str) -> Response:
         gate.get_bot(bot_id)  # 404 before reading a body we would not use
         document = await read_json_object(max_body, optional=True)
-        conversation = gate.start_conversation(bot_id, document.get("variables"))
+        conversation = await gate.start_conversation_async(bot_id, document.get("variables"))
         return json_response(conversation.as_dict(gate.clock), 201)
 
     @app.get("/api/conversations/<key>")
@@ -137,15 +138,18 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     async def webhook(bot_id: str, block_id: str) -> Response:
         block = webhooks.block(bot_id, block_id)
         body = await read_body(max_body)
-        # From here to the answer there is no await: check and resolution are one atomic step.
-        answer = webhooks.decide(block, bot_id, block_id, media_type=media_type_of(request.headers.get("Content-Type")),
-                                 headers=dict(request.headers), body=body)
+        # Checks and resolution are one atomic step (no await between them); in real time only the
+        # flow after the resolution awaits its scripts, which run off the event loop.
+        answer = await webhooks.decide_async(block, bot_id, block_id,
+                                             media_type=media_type_of(request.headers.get("Content-Type")),
+                                             headers=dict(request.headers), body=body)
         return json_response(answer)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(render_metrics(gate, webhook_calls), content_type="text/plain; version=0.0.4")
 
+    register_dashboard(app, gate)  # GET / (the live page) and GET /api/dashboard
     return app
 
 

@@ -45,7 +45,7 @@ from ..store import MemoryStore, Store
 from .bots import Block, Bot, InvalidBot, parse_bot
 from .conversations import Conversation, Outcome, Reason, Wait, WallClock, new_conversation_key
 from .errors import Refused
-from .flow import advance
+from .flow import advance, advance_async, scripts_run_inline
 from .jsonsafe import UnsafeValue, check_json_value
 
 __all__ = ["Gate", "Delivery", "GateStats"]
@@ -104,6 +104,7 @@ class Gate:
         # What the live page shows: the latest resolutions and late calls, newest last.
         self.recent_resolutions: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.recent_late_calls: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._nursery: trio.Nursery | None = None  # flows continued after a timeout, in real time
 
     # -- the deadline scheduler ---------------------------------------------------------------
 
@@ -126,15 +127,16 @@ class Gate:
                 self._arm(conversation)
         task_status.started()
         try:
-            while True:
-                while self._expire_due(trio.current_time()):
-                    await trio.sleep(0)  # a long batch (slow scripts): let requests in between
-                next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
-                with trio.move_on_at(next_deadline):
-                    await self._wake.wait()
-                self._wake = trio.Event()
+            async with trio.open_nursery() as self._nursery:
+                while True:
+                    while self._expire_due(trio.current_time()):
+                        await trio.sleep(0)  # a long batch (slow scripts): let requests in between
+                    next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
+                    with trio.move_on_at(next_deadline):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
         finally:
-            self._wake = None
+            self._wake = self._nursery = None
 
     def open_wait_count(self) -> int:
         """Waits open in the store right now."""
@@ -161,7 +163,12 @@ class Gate:
             if conversation is None or not conversation.waits[index].is_open:
                 continue  # resolved by a call already (here or in another process)
             self.stats.observe_lateness(now - deadline)
-            self._resolve(conversation, index, "failure", "timeout", now)
+            if self._nursery is not None and not scripts_run_inline():
+                # Real time: the flow may run scripts, which run off the event loop in their own task.
+                # Until that task resolves the wait, the passed deadline already refuses calls.
+                self._nursery.start_soon(self._resolve_async, conversation, index, "failure", "timeout", now)
+            else:
+                self._resolve(conversation, index, "failure", "timeout", now)
         return False
 
     # -- bots ---------------------------------------------------------------------------------
@@ -214,8 +221,25 @@ class Gate:
 
         ``variables`` (a JSON object of plain data) are set before the start; refused with
         ``invalid_payload`` when they are not an object, nest deeper than 64 levels or hold
-        strings that are not valid Unicode.
+        strings that are not valid Unicode. Its scripts run inline, holding the caller up to the
+        step's 1 s budget; a server uses :meth:`start_conversation_async`.
         """
+        bot, conversation = self._new_conversation(bot_id, variables)
+        advance(conversation, bot, bot.start, conversation.started_at)
+        return self._started(conversation)
+
+    async def start_conversation_async(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
+        """:meth:`start_conversation` whose scripts, in real time, run off the event loop.
+
+        Under ``MockClock`` it *is* :meth:`start_conversation` (no thread may touch virtual time).
+        """
+        if scripts_run_inline():
+            return self.start_conversation(bot_id, variables)
+        bot, conversation = self._new_conversation(bot_id, variables)
+        await advance_async(conversation, bot, bot.start, conversation.started_at)
+        return self._started(conversation)
+
+    def _new_conversation(self, bot_id: str, variables: dict[str, Any] | None) -> tuple[Bot, Conversation]:
         bot = self.get_bot(bot_id)
         if self._wake is None:
             raise RuntimeError("the gate's scheduler is not running: `await nursery.start(gate.run)` first")
@@ -231,7 +255,9 @@ class Gate:
         conversation = Conversation(key=key, bot=bot.id, url=url, started_at=now)
         conversation.variables.update(variables or {})
         conversation.variables.update({"conversation_key": key, "Conversation URL": url})
-        advance(conversation, bot, bot.start, now)
+        return bot, conversation
+
+    def _started(self, conversation: Conversation) -> Conversation:
         self.store.add_conversation(conversation)
         if conversation.open_wait is not None:
             self._arm(conversation)
@@ -260,11 +286,30 @@ class Gate:
             if not self.store.commit(conversation, resolved_wait=index):
                 return False
         self._resolved(conversation, wait, now)
-        if conversation.open_wait is not None:
-            self._arm(conversation)
+        return True
+
+    async def _resolve_async(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason,
+                             now: float, mapped: dict[str, Any] | None = None) -> bool:
+        """:meth:`_resolve` whose scripts, in real time, run off the event loop.
+
+        The wait is resolved before the first await, so from then on calls find it resolved; the
+        conversation is ``running`` until its step ends.
+        """
+        wait = conversation.waits[index]
+        bot = self.get_bot(conversation.bot)
+        with conversation.rollback_on_error():
+            wait.resolve(outcome, reason, now)
+            conversation.variables.update(mapped or {})
+            await advance_async(conversation, bot, bot.blocks[wait.block].edges[outcome], now)
+            if not self.store.commit(conversation, resolved_wait=index):
+                return False
+        self._resolved(conversation, wait, now)
         return True
 
     def _resolved(self, conversation: Conversation, wait: Wait, now: float) -> None:
+        """Count, show and log a committed resolution; arm the wait the flow opened next, if any."""
+        if conversation.open_wait is not None:
+            self._arm(conversation)
         self.stats.resolutions[(wait.outcome or "", wait.reason or "")] += 1
         self.recent_resolutions.append({
             "at": self.clock.iso(now), "bot": conversation.bot, "block": wait.block,
@@ -293,8 +338,38 @@ class Gate:
         The key is the payload's value at the block's ``key_path``. Refusals, in the contract's
         order: ``unknown_webhook``, ``missing_conversation_key``, ``unknown_conversation``,
         ``wait_expired``, ``not_waiting``. A refusal changes nothing, except that a
-        ``wait_expired`` is recorded in the conversation's ``late_calls``.
+        ``wait_expired`` is recorded in the conversation's ``late_calls``. The flow's scripts run
+        inline; a server uses :meth:`deliver_async`.
         """
+        delivery, now = self._check_call(bot_id, block_id, payload)
+        index = len(delivery.conversation.waits) - 1
+        resolved = self._resolve(delivery.conversation, index, "success", "received", now, delivery.mapped)
+        return self._settled(delivery, resolved, now)
+
+    async def deliver_async(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
+        """:meth:`deliver` whose scripts, in real time, run off the event loop.
+
+        The checks and the resolution still happen with no await between them (atomically); only
+        the flow after the resolution awaits its scripts, the conversation ``running`` meanwhile.
+        Under ``MockClock`` it *is* :meth:`deliver`.
+        """
+        if scripts_run_inline():
+            return self.deliver(bot_id, block_id, payload)
+        delivery, now = self._check_call(bot_id, block_id, payload)
+        index = len(delivery.conversation.waits) - 1
+        resolved = await self._resolve_async(delivery.conversation, index, "success", "received", now, delivery.mapped)
+        return self._settled(delivery, resolved, now)
+
+    def _settled(self, delivery: Delivery, resolved: bool, now: float) -> Delivery:
+        if not resolved:
+            # Another process sharing the store resolved this wait between our read and our write.
+            block_id = delivery.wait.block
+            self._refuse_if_expired(self.get_conversation(delivery.conversation.key), block_id, now)
+            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
+        return delivery
+
+    def _check_call(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> tuple[Delivery, float]:
+        """Every refusal check of a call, in the contract's order; the mapping it would apply."""
         block = self.webhook_block(bot_id, block_id)
         found, key = block.key_path.extract(payload)
         if not found or not isinstance(key, str) or not key:
@@ -319,11 +394,7 @@ class Gate:
                 mapped[variable] = value
             else:
                 missing.append(variable)
-        if not self._resolve(conversation, len(conversation.waits) - 1, "success", "received", now, mapped):
-            # Another process sharing the store resolved this wait between our read and our write.
-            self._refuse_if_expired(self.get_conversation(key), block_id, now)
-            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
-        return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)
+        return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing), now
 
     def _refuse_if_expired(self, conversation: Conversation, block_id: str, now: float) -> None:
         """``wait_expired`` when the latest wait at the block reached its deadline without a valid call.

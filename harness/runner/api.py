@@ -8,6 +8,7 @@ thread of its own — not ``trio.to_thread`` — so virtual time is unaffected).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,7 @@ import trio
 
 from .drivers import DRIVERS, live
 from .engine import execute
+from .progress import NO_PROGRESS, NotebookProgress, Progress, reporting_to
 from .results import to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
 from .shards import auto_workers, run_sharded, run_virtual
@@ -46,7 +48,8 @@ def _outside_any_event_loop(function: Callable[[], T]) -> T:
     except RuntimeError:
         return function()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="harness-trio") as pool:
-        return pool.submit(function).result()
+        # The worker thread gets this context, so it reports to the same progress display.
+        return pool.submit(contextvars.copy_context().run, function).result()
 
 
 def run_loaded_scenario(
@@ -57,10 +60,28 @@ def run_loaded_scenario(
     concurrency: int = 64,
     workers: int | None = None,
     driver: str = "asgi",
+    progress: Progress = NO_PROGRESS,
 ) -> pd.DataFrame:
-    """Run a validated scenario; see :func:`run_scenario`."""
+    """Run a validated scenario; see :func:`run_scenario`.
+
+    ``progress`` hears of every conversation that starts and finishes (see
+    :mod:`harness.runner.progress`); ``on_conversation_done`` is called as each one finishes.
+    """
     if driver not in DRIVERS:
         raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
+    done = on_conversation_done
+
+    def finished() -> None:
+        progress.finished()
+        if done is not None:
+            done()
+
+    with reporting_to(progress):
+        return _run(scenario, target, done if progress is NO_PROGRESS else finished, concurrency, workers, driver)
+
+
+def _run(scenario: Scenario, target: str | None, on_conversation_done: Callable[[], None] | None,
+         concurrency: int, workers: int | None, driver: str) -> pd.DataFrame:
     if target is not None:
 
         async def real_time() -> list[dict[str, Any]]:
@@ -81,6 +102,7 @@ def run_scenario(
     seed: int | None = None,
     workers: int | None = None,
     driver: str = "asgi",
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
 
@@ -89,10 +111,16 @@ def run_scenario(
     overrides; the rows are the same either way). With ``target="http://127.0.0.1:8000"``: in
     real time against that live gate. ``seed`` overrides the file's seed. ``driver`` picks how
     a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in process) or ``"core"`` (the
-    same webhook handling without HTTP framing; same rows, faster). Raises
+    same webhook handling without HTTP framing; same rows, faster). ``progress=True`` shows a bar
+    of conversations started and finished (a widget in Jupyter). Raises
     ``InvalidScenario`` listing every problem::
 
         frame = run_scenario("scenarios/payment.toml")
         frame.groupby("case", observed=True)["outcome"].value_counts()
     """
-    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target, workers=workers, driver=driver)
+    scenario = as_scenario(path_or_dict, seed=seed)
+    if not progress:
+        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver)
+    total = sum(subcase.conversations for subcase in scenario.subcases)
+    with NotebookProgress(scenario.name, total) as bar:
+        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver, progress=bar)

@@ -33,6 +33,7 @@ import trio
 from ..core.bots import Bot, parse_bot
 from ..core.signing import HEADER, sign
 from .drivers import Driver
+from .progress import current as current_progress
 from .scenario import Scenario, SubCase
 
 __all__ = ["RunError", "execute", "derangement"]
@@ -224,6 +225,7 @@ class _Conversation:
         opened_at = trio.current_time()
         self.state.keys[self.index] = response.json()["conversation_key"]
         self.state.key_ready[self.index].set()
+        current_progress().started()
         return opened_at
 
     async def _key_to_send(self) -> Any:
