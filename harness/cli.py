@@ -104,12 +104,18 @@ def serve(
     store: Annotated[str, typer.Option(help="memory, or sqlite:PATH")] = "memory",
     public_url: Annotated[str | None, typer.Option(help="Base URL in conversation and webhook URLs.")] = None,
     max_body: Annotated[int, typer.Option(help="Largest webhook body accepted, in bytes.")] = 1024 * 1024,
+    api_token: Annotated[str | None, typer.Option(
+        envvar="HARNESS_API_TOKEN", show_envvar=True,
+        help="Require Authorization: Bearer TOKEN on /, /api/… and /metrics (open the page as /?token=TOKEN).")] = None,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds a request body may take after its headers; then 408 and the connection closes.")] = 30.0,
     log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
     import trio
 
     from .core.gate import Gate
+    from .http_guard import raise_open_file_limit
     from .server import serve as serve_gate
     from .store import open_store
 
@@ -123,6 +129,10 @@ def serve(
     if max_body < 1:
         err.print("--max-body: must be at least 1 byte")
         raise typer.Exit(2)
+    if not 0 < body_timeout < float("inf"):
+        err.print("--body-timeout: must be a positive number of seconds")
+        raise typer.Exit(2)
+    raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
     try:
         gate_store = open_store(store)
@@ -147,7 +157,7 @@ def serve(
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
-                shutdown_trigger=stop_requested))
+                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested))
             names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
             err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
 
@@ -201,6 +211,8 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
+    api_token: Annotated[str | None, typer.Option(
+        envvar="HARNESS_API_TOKEN", show_envvar=True, help="With --target: the gate's --api-token.")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
 ) -> None:
@@ -234,7 +246,7 @@ def run(
             task = progress.add_task(scenario.name, total=total)
             try:
                 frames.append(run_loaded_scenario(
-                    scenario, target=target, concurrency=concurrency, workers=workers,
+                    scenario, target=target, concurrency=concurrency, workers=workers, api_token=api_token,
                     on_conversation_done=functools.partial(progress.advance, task)))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)

@@ -26,7 +26,10 @@ from werkzeug.exceptions import HTTPException
 from .core.bots import Bot, InvalidBot, parse_bot
 from .core.errors import Refused
 from .core.gate import LATENESS_BUCKETS, Gate
+from .core.jsonsafe import UnsafeValue, check_json_value
 from .core.signing import HEADER, SignatureError, verify
+from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
+from .openapi import openapi_document
 
 __all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "serve"]
 
@@ -49,6 +52,10 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_bot": 422,
     "bot_exists": 409,
     "unknown_bot": 404,
+    # Refused by harness.http_guard before any route (SPEC §11).
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "body_timeout": 408,
 }
 
 
@@ -141,14 +148,27 @@ async def read_json_object(limit: int, *, optional: bool = False) -> dict[str, A
     document = parse_json(body)
     if not isinstance(document, dict):
         raise Refused("invalid_payload", "the body must be a JSON object")
+    try:  # lone surrogates or deep nesting would pass here and fail when stored or answered
+        check_json_value(document)
+    except UnsafeValue as error:
+        raise Refused("invalid_payload", str(error)) from None
     return document
 
 
-def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
-    """Build the quart-trio app serving ``gate``. See SPEC §3–4 for the routes."""
+def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str | None = None,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> QuartTrio:
+    """Build the quart-trio app serving ``gate``. See SPEC §3–4 and §11 for the routes.
+
+    ``api_token`` puts the page, ``/api/…`` and ``/metrics`` behind a bearer token;
+    ``body_timeout`` bounds how long a request body may take (see :mod:`harness.http_guard`,
+    which wraps the app and makes those checks before any route runs).
+    """
     app = QuartTrio("harness")
     app.config.update(MAX_CONTENT_LENGTH=None, PROVIDE_AUTOMATIC_OPTIONS=False)
     app.gate = gate  # type: ignore[attr-defined]
+    app.asgi_app = HttpGuard(  # type: ignore[method-assign,assignment]
+        app.asgi_app, statuses=STATUS_BY_CODE, api_token=api_token, body_timeout=body_timeout)
+    openapi = openapi_document(max_body=max_body, protected=bool(api_token))
     webhook_calls: dict[int, int] = {}
 
     @app.errorhandler(Refused)
@@ -158,7 +178,9 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         code = re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
-        return json_response({"error": code, "detail": error.description or error.name}, error.code or 500)
+        allow = dict(error.get_headers()).get("Allow")  # a 405 says which methods the path takes
+        return json_response({"error": code, "detail": error.description or error.name}, error.code or 500,
+                             headers={"Allow": allow} if allow else None)
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
@@ -176,6 +198,16 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     @app.get("/healthz")
     async def healthz() -> Response:
         return json_response({"status": "ok"})
+
+    @app.get("/openapi.json")
+    async def openapi_json() -> Response:
+        return json_response(openapi)
+
+    @app.get("/")
+    async def page() -> Response:
+        # A placeholder until the live page lands; with --api-token the guard has checked the token.
+        return Response("<!doctype html><title>Webhook gate</title><p>Webhook gate: see /openapi.json</p>",
+                        content_type="text/html; charset=utf-8")
 
     def bot_body(bot: Bot) -> dict[str, Any]:
         return {**bot.public_dict(), "webhooks": gate.webhook_urls(bot)}
@@ -292,6 +324,8 @@ async def serve(
     port: int = 8000,
     max_body: int = DEFAULT_MAX_BODY,
     public_url: str | None = None,
+    api_token: str | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -309,7 +343,8 @@ async def serve(
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = log
-    app = create_app(gate, max_body=max_body)
+    hypercorn_limits(config, body_timeout=body_timeout)
+    app = create_app(gate, max_body=max_body, api_token=api_token, body_timeout=body_timeout)
     async with trio.open_nursery() as nursery:
 
         async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:

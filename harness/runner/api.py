@@ -56,12 +56,13 @@ def run_loaded_scenario(
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
     workers: int | None = None,
+    api_token: str | None = None,
 ) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario`."""
     if target is not None:
 
         async def real_time() -> list[dict[str, Any]]:
-            async with live(target, concurrency=concurrency) as driver:
+            async with live(target, concurrency=concurrency, api_token=api_token) as driver:
                 return await execute(scenario, driver, on_conversation_done=on_conversation_done)
 
         return to_frame(_outside_any_event_loop(lambda: trio.run(real_time)))
@@ -77,16 +78,18 @@ def run_scenario(
     target: str | None = None,
     seed: int | None = None,
     workers: int | None = None,
+    api_token: str | None = None,
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
 
     Without ``target``: a fresh in-process gate in virtual time (a 300 s timeout costs
     milliseconds); large runs spread their sub-cases over one process per core (``workers``
     overrides; the rows are the same either way). With ``target="http://127.0.0.1:8000"``: in
-    real time against that live gate. ``seed`` overrides the file's seed. Raises
+    real time against that live gate (``api_token``: its ``--api-token``). ``seed`` overrides the file's seed. Raises
     ``InvalidScenario`` listing every problem::
 
         frame = run_scenario("scenarios/payment.toml")
         frame.groupby("case", observed=True)["outcome"].value_counts()
     """
-    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target, workers=workers)
+    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target, workers=workers,
+                               api_token=api_token)
