@@ -80,8 +80,11 @@ def needs_token(path: str) -> bool:
 
 
 def _token_matches(given: str | None, expected: str) -> bool:
-    # compare_digest on bytes: on str it refuses non-ASCII, and a header may hold anything.
-    return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+    """Constant-time comparison of a credential as received (bytes read as latin-1) with the token.
+
+    Compared as bytes: ``compare_digest`` refuses non-ASCII text, and a header may hold anything.
+    """
+    return given is not None and hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8"))
 
 
 @dataclass(slots=True)
@@ -158,7 +161,7 @@ class HttpGuard:
         if _token_matches(_cookie(headers.get("cookie", "")), self.api_token):
             return None
         if scope["path"] == "/":
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), encoding="latin-1")
             if _token_matches((query.get("token") or [None])[0], self.api_token):
                 return True
         return False
