@@ -63,6 +63,7 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING_BODIES = 1024
 COOKIE = "harness_token"
+DRAIN_LIMIT = 64 * 1024
 # Connections that have not sent a whole request head (or idle keep-alive ones) close after this.
 HEADER_TIMEOUT_S = 5.0
 
@@ -128,6 +129,7 @@ class HttpGuard:
         headers = _headers(scope)
         has_body = _may_have_body(scope, headers)
         if "content-length" in headers and "transfer-encoding" in headers:
+            await self._drain(receive)
             await self._refuse(send, "invalid_request",
                                "Content-Length and Transfer-Encoding together are ambiguous; send one", close=True)
             return
@@ -210,6 +212,26 @@ class HttpGuard:
             await self._refuse(send, "body_timeout",
                                f"the request body was not complete {self.body_timeout:g} s after its headers",
                                close=True)
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop a body we refuse (at most :data:`DRAIN_LIMIT` bytes, within the body timeout).
+
+        Why: hypercorn parses what follows this request's body (e.g. a smuggled request) as soon as
+        it has the body's end; if our ``Connection: close`` answer has started by then, h11 treats
+        those bytes as a protocol error and hypercorn drops the connection *before our answer's
+        body is written*. With the body consumed first and a few scheduler turns for hypercorn's
+        reader to pause, the whole answer goes out, then the connection closes. The smuggled bytes
+        are never run either way; this is only about the client seeing why.
+        """
+        received = 0
+        with trio.move_on_after(self.body_timeout):
+            while received <= DRAIN_LIMIT:
+                message = await receive()
+                received += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+        for _ in range(3):
+            await trio.sleep(0)
 
     async def _refuse(self, send: Send, code: str, detail: str, *, close: bool,
                       extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
