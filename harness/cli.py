@@ -215,6 +215,8 @@ def run(
         envvar="HARNESS_API_TOKEN", show_envvar=True, help="With --target: the gate's --api-token.")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
+    driver: Annotated[str, typer.Option(
+        help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
     import pandas as pd
@@ -222,6 +224,9 @@ def run(
 
     from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
 
+    if driver not in ("asgi", "core"):
+        err.print(f"--driver: one of asgi, core; got {driver!r}")
+        raise typer.Exit(2)
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         err.print(f"--out {out}: results go to a .parquet or .csv file")
         raise typer.Exit(2)
@@ -246,7 +251,8 @@ def run(
             task = progress.add_task(scenario.name, total=total)
             try:
                 frames.append(run_loaded_scenario(
-                    scenario, target=target, concurrency=concurrency, workers=workers, api_token=api_token,
+                    scenario, target=target, concurrency=concurrency, workers=workers, driver=driver,
+                    api_token=api_token,
                     on_conversation_done=functools.partial(progress.advance, task)))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)

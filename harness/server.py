@@ -16,104 +16,37 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .core.bots import Bot, InvalidBot, parse_bot
-from .core.errors import Refused
+from .core.errors import STATUS_BY_CODE, Refused
 from .core.gate import LATENESS_BUCKETS, Gate
-from .core.jsonsafe import UnsafeValue, check_json_value
-from .core.signing import HEADER, SignatureError, verify
+from .core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
 from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
 from .openapi import openapi_document
 
-__all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "serve"]
+__all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
 
 log = logging.getLogger("harness.server")
-
-DEFAULT_MAX_BODY = 1024 * 1024
-JSON_TYPE = "application/json"
-FORM_TYPE = "application/x-www-form-urlencoded"
-
-STATUS_BY_CODE: dict[str, int] = {
-    "unknown_webhook": 404,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "invalid_payload": 400,
-    "invalid_signature": 401,
-    "missing_conversation_key": 422,
-    "unknown_conversation": 404,
-    "wait_expired": 410,
-    "not_waiting": 409,
-    "invalid_bot": 422,
-    "bot_exists": 409,
-    "unknown_bot": 404,
-    # Refused by harness.http_guard before any route (SPEC §11).
-    "invalid_request": 400,
-    "unauthorized": 401,
-    "body_timeout": 408,
-}
-
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     text = json.dumps(body, ensure_ascii=False, allow_nan=False)
     return Response(text, status=status, content_type=JSON_TYPE, headers=headers)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text[:20]}… is out of range")
-    return value
-
-
-def parse_json(body: bytes) -> Any:
-    """Strict JSON: UTF-8, no NaN/Infinity, no overflowing floats; ``Refused`` otherwise."""
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
-    except UnicodeDecodeError:
-        raise Refused("invalid_payload", "the body is not UTF-8") from None
-    except RecursionError:
-        raise Refused("invalid_payload", "the body is nested too deeply") from None
-    except ValueError as error:  # JSONDecodeError, too many digits, NaN…
-        raise Refused("invalid_payload", f"the body is not valid JSON: {error}") from None
-
-
-def parse_form(body: bytes) -> dict[str, Any]:
-    """A urlencoded form: values are strings, a repeated field becomes a list."""
-    try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise Refused("invalid_payload", f"the form does not parse: {error}") from None
-    form: dict[str, Any] = {}
-    for name, value in pairs:
-        if name not in form:
-            form[name] = value
-        elif isinstance(form[name], list):
-            form[name].append(value)
-        else:
-            form[name] = [form[name], value]
-    return form
-
-
 async def read_body(limit: int) -> bytes:
     """Read the request body, refusing more than ``limit`` bytes (413, before reading if declared)."""
     declared = request.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     received = bytearray()
     async for chunk in request.body:
         received += chunk
         if len(received) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
     g.body_read = True
     return bytes(received)
 
@@ -132,14 +65,6 @@ def _body_left_unread() -> bool:
     return chunked or (declared.isdigit() and int(declared) > 0)
 
 
-def _too_large(limit: int) -> Refused:
-    return Refused("payload_too_large", f"the body is larger than {limit} bytes")
-
-
-def _media_type() -> str:
-    return (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-
-
 async def read_json_object(limit: int, *, optional: bool = False) -> dict[str, Any]:
     """The body of an API call: a JSON object (any content type is accepted for convenience)."""
     body = await read_body(limit)
@@ -148,10 +73,6 @@ async def read_json_object(limit: int, *, optional: bool = False) -> dict[str, A
     document = parse_json(body)
     if not isinstance(document, dict):
         raise Refused("invalid_payload", "the body must be a JSON object")
-    try:  # lone surrogates or deep nesting would pass here and fail when stored or answered
-        check_json_value(document)
-    except UnsafeValue as error:
-        raise Refused("invalid_payload", str(error)) from None
     return document
 
 
@@ -170,6 +91,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
         app.asgi_app, statuses=STATUS_BY_CODE, api_token=api_token, body_timeout=body_timeout)
     openapi = openapi_document(max_body=max_body, protected=bool(api_token))
     webhook_calls: dict[int, int] = {}
+    webhooks = WebhookHandler(gate, max_body=max_body)
 
     @app.errorhandler(Refused)
     async def refused(error: Refused) -> Response:
@@ -209,35 +131,24 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
         return Response("<!doctype html><title>Webhook gate</title><p>Webhook gate: see /openapi.json</p>",
                         content_type="text/html; charset=utf-8")
 
-    def bot_body(bot: Bot) -> dict[str, Any]:
-        return {**bot.public_dict(), "webhooks": gate.webhook_urls(bot)}
-
     @app.post("/api/bots")
     async def create_bot() -> Response:
         document = await read_json_object(max_body)
-        try:
-            bot = parse_bot(document)
-        except InvalidBot as error:
-            problems = [problem.as_dict() for problem in error.problems]
-            raise Refused("invalid_bot", f"{len(problems)} problem(s) in the bot", problems=problems) from None
-        return json_response(bot_body(gate.add_bot(bot)), 201)
+        return json_response(gate.bot_document(gate.create_bot(document)), 201)
 
     @app.get("/api/bots")
     async def list_bots() -> Response:
-        return json_response({"bots": [bot_body(bot) for bot in gate.store.bots()]})
+        return json_response({"bots": [gate.bot_document(bot) for bot in gate.store.bots()]})
 
     @app.get("/api/bots/<bot_id>")
     async def get_bot(bot_id: str) -> Response:
-        return json_response(bot_body(gate.get_bot(bot_id)))
+        return json_response(gate.bot_document(gate.get_bot(bot_id)))
 
     @app.post("/api/bots/<bot_id>/conversations")
     async def start_conversation(bot_id: str) -> Response:
         gate.get_bot(bot_id)  # 404 before reading a body we would not use
         document = await read_json_object(max_body, optional=True)
-        variables = document.get("variables", {})
-        if not isinstance(variables, dict):
-            raise Refused("invalid_payload", "variables must be a JSON object")
-        conversation = gate.start_conversation(bot_id, variables)
+        conversation = gate.start_conversation(bot_id, document.get("variables"))
         return json_response(conversation.as_dict(gate.clock), 201)
 
     @app.get("/api/conversations/<key>")
@@ -247,34 +158,12 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
 
     @app.post("/webhooks/<bot_id>/<block_id>")
     async def webhook(bot_id: str, block_id: str) -> Response:
-        block = gate.webhook_block(bot_id, block_id)
+        block = webhooks.block(bot_id, block_id)
         body = await read_body(max_body)
-        media_type = _media_type()
-        if media_type == JSON_TYPE:
-            payload = parse_json(body)
-        elif media_type == FORM_TYPE:
-            payload = parse_form(body)
-        else:
-            raise Refused("unsupported_media_type", f"send {JSON_TYPE} or {FORM_TYPE}, not {media_type or 'nothing'}")
-        if not isinstance(payload, dict):
-            raise Refused("invalid_payload", "the body must be a JSON object")
-        if block.secret:
-            try:
-                verify(body, block.secret, request.headers.get(HEADER), unix_time=gate.clock.unix(trio.current_time()))
-            except SignatureError as error:
-                raise Refused("invalid_signature", str(error)) from None
         # From here to the answer there is no await: check and resolution are one atomic step.
-        delivery = gate.deliver(bot_id, block_id, payload)
-        return json_response(
-            {
-                "status": "accepted",
-                "conversation_key": delivery.conversation.key,
-                "mapped": delivery.mapped,
-                "missing": delivery.missing,
-                "waited_s": delivery.wait.waited_s,
-                "conversation_status": delivery.conversation.status,
-            }
-        )
+        answer = webhooks.decide(block, bot_id, block_id, media_type=media_type_of(request.headers.get("Content-Type")),
+                                 headers=dict(request.headers), body=body)
+        return json_response(answer)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -306,6 +195,9 @@ def render_metrics(gate: Gate, webhook_calls: dict[int, int]) -> str:
     for status, count in sorted(webhook_calls.items()):
         lines.append(f'harness_webhook_calls_total{{status="{status}"}} {count}')
     lines += [
+        "# HELP harness_late_calls_total Calls refused with wait_expired: they came after the deadline.",
+        "# TYPE harness_late_calls_total counter",
+        f"harness_late_calls_total {stats.late_calls}",
         "# HELP harness_timer_lateness_seconds How late timeouts fire after their deadline.",
         "# TYPE harness_timer_lateness_seconds histogram",
     ]

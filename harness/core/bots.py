@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .mapping import PathSyntaxError, PayloadPath, parse_path
+from .signing import DEFAULT_HMAC_HEADER, DEFAULT_SCHEME, SCHEMES, check_secret
 
 __all__ = [
     "MAX_MAPPINGS",
@@ -45,13 +46,17 @@ TIMEOUT_RANGE = range(1, 301)
 CONDITION_OPS = ("equals", "not_equals", "exists", "gt", "lt", "contains")
 # Ids appear in URLs (/webhooks/{bot}/{block}), so they keep to characters that need no escaping.
 _ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+# An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+DEFAULT_KEY_PATH = parse_path("conversation_key")
 
 # type -> (required fields, optional fields, required edges, optional edges)
 _SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "message": (("text",), (), (), ("next",)),
     "set_variable": (("name", "value"), (), (), ("next",)),
     "javascript": (("code",), (), (), ("next", "failure")),
-    "webhook": (("timeout_s",), ("mappings", "secret"), ("success", "failure"), ()),
+    "webhook": (("timeout_s",), ("mappings", "secret", "key_path", "signature", "signature_header"),
+                ("success", "failure"), ()),
     "condition": (("variable", "op"), ("value",), ("true", "false"), ()),
     "end": ((), (), (), ()),
 }
@@ -95,6 +100,15 @@ class Block:
     edges: dict[str, str]
     # Parsed once at load time; only webhook blocks have them.
     mappings: tuple[tuple[str, PayloadPath], ...] = ()
+    key_path: PayloadPath = DEFAULT_KEY_PATH
+
+    @property
+    def signature_scheme(self) -> str:
+        return str(self.config.get("signature") or DEFAULT_SCHEME)
+
+    @property
+    def signature_header(self) -> str:
+        return str(self.config.get("signature_header") or DEFAULT_HMAC_HEADER)
 
     @property
     def timeout_s(self) -> int:
@@ -244,6 +258,7 @@ def _parse_block(block_id: str, raw: Any, all_blocks: dict[str, Any], problems: 
         edges[edge] = target
 
     mappings: tuple[tuple[str, PayloadPath], ...] = ()
+    key_path = DEFAULT_KEY_PATH
     if block_type == "message" and "text" in raw and not isinstance(raw["text"], str):
         problems.add(block_id, "text", "must be a string")
     elif block_type == "set_variable" and "name" in raw:
@@ -259,11 +274,11 @@ def _parse_block(block_id: str, raw: Any, all_blocks: dict[str, Any], problems: 
         if op in CONDITION_OPS and op != "exists" and "value" not in raw:
             problems.add(block_id, "value", f"required for op {op!r}")
     elif block_type == "webhook":
-        mappings = _parse_webhook(block_id, raw, problems)
+        mappings, key_path = _parse_webhook(block_id, raw, problems)
 
     if len(problems.items) != count_before:
         return None
-    return Block(id=block_id, type=block_type, config=dict(raw), edges=edges, mappings=mappings)
+    return Block(id=block_id, type=block_type, config=dict(raw), edges=edges, mappings=mappings, key_path=key_path)
 
 
 def _check_variable_name(block_id: str, field_name: str, value: Any, problems: _Problems) -> None:
@@ -271,17 +286,33 @@ def _check_variable_name(block_id: str, field_name: str, value: Any, problems: _
         problems.add(block_id, field_name, "empty variable name")
 
 
-def _parse_webhook(block_id: str, raw: dict[str, Any], problems: _Problems) -> tuple[tuple[str, PayloadPath], ...]:
+def _parse_webhook(block_id: str, raw: dict[str, Any],
+                   problems: _Problems) -> tuple[tuple[tuple[str, PayloadPath], ...], PayloadPath]:
     timeout = raw.get("timeout_s")
     if "timeout_s" in raw and (not is_integer(timeout) or timeout not in TIMEOUT_RANGE):
         problems.add(block_id, "timeout_s", f"must be an integer from 1 to 300, got {timeout!r}")
     secret = raw.get("secret", "")
     if not isinstance(secret, str):
         problems.add(block_id, "secret", "must be a string")
+        secret = ""
+    scheme = raw.get("signature", DEFAULT_SCHEME)
+    if scheme not in SCHEMES:
+        problems.add(block_id, "signature", f"unknown scheme {scheme!r}; one of {', '.join(SCHEMES)}")
+    elif (secret_problem := check_secret(scheme, secret)) is not None:
+        problems.add(block_id, "secret", secret_problem)
+    header = raw.get("signature_header", DEFAULT_HMAC_HEADER)
+    if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+        problems.add(block_id, "signature_header", f"must be an HTTP header name, got {header!r}")
+    key_path = DEFAULT_KEY_PATH
+    if "key_path" in raw:
+        try:
+            key_path = parse_path(raw["key_path"])
+        except PathSyntaxError as error:
+            problems.add(block_id, "key_path", f"path does not parse: {error}")
     raw_mappings = raw.get("mappings", {})
     if not isinstance(raw_mappings, dict):
         problems.add(block_id, "mappings", "must be a table of variable = path")
-        return ()
+        return (), key_path
     if len(raw_mappings) > MAX_MAPPINGS:
         problems.add(block_id, "mappings", f"{len(raw_mappings)} mappings; at most {MAX_MAPPINGS}")
     parsed: list[tuple[str, PayloadPath]] = []
@@ -293,7 +324,7 @@ def _parse_webhook(block_id: str, raw: dict[str, Any], problems: _Problems) -> t
             parsed.append((variable, parse_path(path_text)))
         except PathSyntaxError as error:
             problems.add(block_id, f"mappings.{variable}", f"path does not parse: {error}")
-    return tuple(parsed)
+    return tuple(parsed), key_path
 
 
 def read_document(path: str | Path) -> Any:

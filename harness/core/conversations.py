@@ -7,9 +7,11 @@ when a conversation is shown (:meth:`Conversation.as_dict` with a :class:`WallCl
 
 from __future__ import annotations
 
+import copy
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -129,6 +131,24 @@ class Conversation:
     transcript: list[dict[str, str]] = field(default_factory=list)
     waits: list[Wait] = field(default_factory=list)
     error: dict[str, str] | None = None
+    # Calls refused with wait_expired: {"block", "at" (trio time), "after_deadline_s"} (SPEC §8.3).
+    late_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextmanager
+    def rollback_on_error(self) -> Iterator[None]:
+        """Changes made inside the block are undone if it raises: a failure half-way changes nothing.
+
+        The snapshot copies waits one level deep (they change when resolved) and shares variable
+        values, as nothing changes them in place.
+        """
+        saved = (self.status, self.block, dict(self.variables), list(self.transcript),
+                 [copy.copy(wait) for wait in self.waits], self.error, list(self.late_calls))
+        try:
+            yield
+        except BaseException:
+            (self.status, self.block, self.variables, self.transcript, self.waits, self.error,
+             self.late_calls) = saved
+            raise
 
     @property
     def open_wait(self) -> Wait | None:
@@ -155,4 +175,8 @@ class Conversation:
             "transcript": list(self.transcript),
             "waits": [wait.as_dict(clock) for wait in self.waits],
             "error": self.error,
+            "late_calls": [
+                {"block": late["block"], "at": clock.iso(late["at"]), "after_deadline_s": late["after_deadline_s"]}
+                for late in self.late_calls
+            ],
         }

@@ -1,14 +1,35 @@
 """Refusals: every "no" the gate or the server gives, as one exception type with a stable code.
 
-The codes are the contract's error codes (SPEC §3–4). The HTTP adapter maps each code to a
-status in one table (:data:`harness.server.STATUS_BY_CODE`); the core never speaks HTTP.
+The codes are the contract's error codes (SPEC §3–4, §11). :data:`STATUS_BY_CODE` gives each its
+HTTP status: the server answers with it, and the runner's transport-free driver reports the same
+status without any HTTP.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Refused"]
+__all__ = ["Refused", "STATUS_BY_CODE"]
+
+# The contract's error codes and their HTTP statuses (SPEC §3, §4.2, §11), in one table that the
+# server and the runner's transport-free driver share.
+STATUS_BY_CODE: dict[str, int] = {
+    "unknown_webhook": 404,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "invalid_payload": 400,
+    "invalid_signature": 401,
+    "missing_conversation_key": 422,
+    "unknown_conversation": 404,
+    "wait_expired": 410,
+    "not_waiting": 409,
+    "invalid_bot": 422,
+    "bot_exists": 409,
+    "unknown_bot": 404,
+    "unauthorized": 401,
+    "body_timeout": 408,
+    "invalid_request": 400,  # Content-Length with Transfer-Encoding (harness.http_guard)
+}
 
 
 class Refused(Exception):

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import trio
 
-from .drivers import live
+from .drivers import DRIVERS, live
 from .engine import execute
 from .results import to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
@@ -56,9 +56,12 @@ def run_loaded_scenario(
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
     workers: int | None = None,
+    driver: str = "asgi",
     api_token: str | None = None,
 ) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario`."""
+    if driver not in DRIVERS:
+        raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
     if target is not None:
 
         async def real_time() -> list[dict[str, Any]]:
@@ -68,8 +71,8 @@ def run_loaded_scenario(
         return to_frame(_outside_any_event_loop(lambda: trio.run(real_time)))
     processes = auto_workers(scenario) if workers is None else max(1, workers)
     if processes > 1 and len(scenario.subcases) > 1:
-        return to_frame(run_sharded(scenario, processes, on_conversation_done))
-    return to_frame(_outside_any_event_loop(lambda: run_virtual(scenario, on_conversation_done)))
+        return to_frame(run_sharded(scenario, processes, on_conversation_done, driver=driver))
+    return to_frame(_outside_any_event_loop(lambda: run_virtual(scenario, on_conversation_done, driver=driver)))
 
 
 def run_scenario(
@@ -78,6 +81,7 @@ def run_scenario(
     target: str | None = None,
     seed: int | None = None,
     workers: int | None = None,
+    driver: str = "asgi",
     api_token: str | None = None,
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
@@ -85,11 +89,14 @@ def run_scenario(
     Without ``target``: a fresh in-process gate in virtual time (a 300 s timeout costs
     milliseconds); large runs spread their sub-cases over one process per core (``workers``
     overrides; the rows are the same either way). With ``target="http://127.0.0.1:8000"``: in
-    real time against that live gate (``api_token``: its ``--api-token``). ``seed`` overrides the file's seed. Raises
+    real time against that live gate (``api_token``: its ``--api-token``). ``seed`` overrides the file's seed.
+    ``driver`` picks how
+    a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in process) or ``"core"`` (the
+    same webhook handling without HTTP framing; same rows, faster). Raises
     ``InvalidScenario`` listing every problem::
 
         frame = run_scenario("scenarios/payment.toml")
         frame.groupby("case", observed=True)["outcome"].value_counts()
     """
-    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target, workers=workers,
+    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target, workers=workers, driver=driver,
                                api_token=api_token)

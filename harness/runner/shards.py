@@ -24,7 +24,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from .drivers import in_process
+from .drivers import open_driver
 from .engine import execute
 from .scenario import Scenario, SubCase
 
@@ -57,17 +57,18 @@ def plan_shards(subcases: list[SubCase], workers: int) -> list[list[SubCase]]:
     return [sorted(shard, key=lambda s: s.index) for shard in shards if shard]
 
 
-def run_virtual(scenario: Scenario, on_conversation_done: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+def run_virtual(scenario: Scenario, on_conversation_done: Callable[[], None] | None = None, *,
+                driver: str = "asgi") -> list[dict[str, Any]]:
     """Run a scenario in this process against a fresh in-process gate, in virtual time."""
 
     async def main() -> list[dict[str, Any]]:
-        async with in_process() as driver:
-            return await execute(scenario, driver, on_conversation_done=on_conversation_done)
+        async with open_driver(driver) as gate_driver:
+            return await execute(scenario, gate_driver, on_conversation_done=on_conversation_done)
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-def _run_shard(scenario: Scenario, progress: Any) -> list[dict[str, Any]]:
+def _run_shard(scenario: Scenario, progress: Any, driver: str) -> list[dict[str, Any]]:
     """In a worker process: run one shard, reporting progress in batches."""
     done = 0
 
@@ -77,14 +78,14 @@ def _run_shard(scenario: Scenario, progress: Any) -> list[dict[str, Any]]:
         if progress is not None and done % PROGRESS_BATCH == 0:
             progress.put(PROGRESS_BATCH)
 
-    rows = run_virtual(scenario, count)
+    rows = run_virtual(scenario, count, driver=driver)
     if progress is not None and done % PROGRESS_BATCH:
         progress.put(done % PROGRESS_BATCH)
     return rows
 
 
-def run_sharded(scenario: Scenario, workers: int,
-                on_conversation_done: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+def run_sharded(scenario: Scenario, workers: int, on_conversation_done: Callable[[], None] | None = None, *,
+                driver: str = "asgi") -> list[dict[str, Any]]:
     """Run the sub-cases in ``workers`` processes; rows come back in the scenario's order."""
     shards = plan_shards(scenario.subcases, workers)
     context = multiprocessing.get_context("spawn")
@@ -92,7 +93,7 @@ def run_sharded(scenario: Scenario, workers: int,
     try:
         progress = manager.Queue() if manager is not None else None
         with ProcessPoolExecutor(max_workers=len(shards), mp_context=context) as pool:
-            futures = [pool.submit(_run_shard, replace(scenario, subcases=shard), progress) for shard in shards]
+            futures = [pool.submit(_run_shard, replace(scenario, subcases=shard), progress, driver) for shard in shards]
             while progress is not None and on_conversation_done is not None:
                 finished, _ = wait(futures, timeout=0.1)
                 try:

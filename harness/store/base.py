@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..core.bots import Bot
 from ..core.conversations import Conversation, WallClock
@@ -39,6 +39,13 @@ class Store(Protocol):
         """Persist a conversation whose wait ``resolved_wait`` was just resolved, atomically.
 
         Returns False, changing nothing, if that wait was already resolved in the store.
+        """
+        ...
+
+    def add_late_call(self, conversation: Conversation, late_call: dict[str, Any]) -> None:
+        """Record a call refused with ``wait_expired`` on the stored ``conversation`` (SPEC §8.3).
+
+        Nothing else of the conversation changes, so this never competes with a resolution.
         """
         ...
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from ..core.bots import Bot
 from ..core.conversations import Conversation, WallClock
@@ -39,6 +40,9 @@ class MemoryStore:
 
     def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
         return True  # the dict holds the live object, already changed
+
+    def add_late_call(self, conversation: Conversation, late_call: dict[str, Any]) -> None:
+        conversation.late_calls.append(late_call)
 
     def waiting_conversations(self) -> Iterable[Conversation]:
         return [c for c in self._conversations.values() if c.open_wait is not None]

@@ -59,6 +59,13 @@ CREATE TABLE IF NOT EXISTS waits (
     PRIMARY KEY (key, idx)
 );
 CREATE INDEX IF NOT EXISTS open_waits ON waits(key) WHERE outcome IS NULL;
+CREATE TABLE IF NOT EXISTS late_calls (  -- calls refused with wait_expired (SPEC §8.3)
+    key TEXT NOT NULL REFERENCES conversations(key),
+    block TEXT NOT NULL,
+    at REAL NOT NULL,                -- unix seconds
+    after_deadline_s REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS late_calls_by_key ON late_calls(key);
 """
 
 
@@ -155,11 +162,13 @@ class SqliteStore:
         self._seen[conversation.key] = (1, conversation)
 
     def get_conversation(self, key: str) -> Conversation | None:
-        row = self._db.execute("SELECT version FROM conversations WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute(
+            "SELECT version, (SELECT COUNT(*) FROM late_calls WHERE late_calls.key = conversations.key)"
+            " FROM conversations WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         seen = self._seen.get(key)
-        if seen is not None and seen[0] == row[0]:
+        if seen is not None and seen[0] == row[0] and len(seen[1].late_calls) == row[1]:
             return seen[1]
         conversation = self._load(key)
         if conversation is not None:
@@ -186,6 +195,11 @@ class SqliteStore:
                 outcome=outcome, reason=reason, resolved_at=None if resolved_at is None else trio_time(resolved_at),
                 waited_s=waited_s,
             ))
+        conversation.late_calls = [
+            {"block": block, "at": trio_time(at), "after_deadline_s": after}
+            for block, at, after in self._db.execute(
+                "SELECT block, at, after_deadline_s FROM late_calls WHERE key = ? ORDER BY rowid", (key,))
+        ]
         return conversation
 
     def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
@@ -212,6 +226,13 @@ class SqliteStore:
             return False
         self._seen[conversation.key] = (version + 1, conversation)
         return True
+
+    def add_late_call(self, conversation: Conversation, late_call: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO late_calls (key, block, at, after_deadline_s) VALUES (?, ?, ?, ?)",
+                       (conversation.key, late_call["block"], self.clock.unix(late_call["at"]),
+                        late_call["after_deadline_s"]))
+        conversation.late_calls.append(late_call)
 
     def waiting_conversations(self) -> Iterable[Conversation]:
         keys = [row[0] for row in self._db.execute("SELECT DISTINCT key FROM waits WHERE outcome IS NULL")]
