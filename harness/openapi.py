@@ -13,6 +13,7 @@ no 5xx, and no status, header, content type or body that contradicts it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["openapi_document"]
@@ -39,17 +40,35 @@ def _ok(description: str, schema: dict[str, Any], media_type: str = JSON) -> dic
 _FRAMING = ("invalid_request",)  # Content-Length with Transfer-Encoding
 
 
-def _path_param(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "minLength": 1}}
+def _path_param(name: str, description: str, examples: list[str] | None = None) -> dict[str, Any]:
+    parameter: dict[str, Any] = {"name": name, "in": "path", "required": True, "description": description,
+                                 "schema": {"type": "string", "minLength": 1}}
+    if examples:
+        parameter["examples"] = {value: {"value": value} for value in examples}
+    return parameter
 
 
-def openapi_document(*, max_body: int, protected: bool) -> dict[str, Any]:
+def _link(operation: str, description: str, **parameters: str) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": operation, "description": description}
+    body = parameters.pop("requestBody", None)
+    if parameters:
+        link["parameters"] = parameters
+    if body is not None:
+        link["requestBody"] = {"conversation_key": body}
+    return link
+
+
+def openapi_document(*, max_body: int, protected: bool,
+                     webhooks: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
     """The document for a server with body limit ``max_body``; ``protected`` when it has a token.
 
     With ``protected``, the page, ``/api/…`` and ``/metrics`` declare the bearer scheme (and
-    their 401); without, they are open and never answer 401.
+    their 401); without, they are open and never answer 401. ``webhooks`` (bot id → its webhook
+    block ids) become examples of the path parameters, so a client — or a fuzzer — can reach
+    the real bots; links lead from a started conversation to its webhook and its state.
     """
+    bot_ids = list(webhooks or {})[:20]
+    block_ids = sorted({block for blocks in (webhooks or {}).values() for block in blocks})[:20]
     guarded: dict[str, Any] = {"security": [{"bearer": []}]} if protected else {}
 
     def responses(ok: dict[str, Any], *, body: bool = False, auth: bool = False, unknown_path: bool = False,
@@ -106,7 +125,10 @@ def openapi_document(*, max_body: int, protected: bool) -> dict[str, Any]:
                 "summary": "Register a bot", "operationId": "createBot", **guarded,
                 "requestBody": {"required": True, "content": {JSON: {"schema": _ref("BotDocument")}}},
                 "responses": {**responses(
-                    {"201": _ok("The bot, with its webhook URLs", _ref("Bot"))}, body=True, auth=True,
+                    {"201": {**_ok("The bot, with its webhook URLs", _ref("Bot")), "links": {
+                        "ReadIt": _link("getBot", "The bot", bot_id="$response.body#/id"),
+                        "StartOne": _link("startConversation", "Start a conversation", bot_id="$response.body#/id"),
+                    }}}, body=True, auth=True,
                     errors={"400": ("invalid_payload",), "409": ("bot_exists",)},
                     descriptions={"400": "Not a JSON object, or a value that cannot be stored",
                                   "409": "The id is taken"}),
@@ -122,18 +144,26 @@ def openapi_document(*, max_body: int, protected: bool) -> dict[str, Any]:
         },
         "/api/bots/{bot_id}": {"get": {
             "summary": "One bot", "operationId": "getBot", **guarded,
-            "parameters": [_path_param("bot_id", "The bot's id")],
+            "parameters": [_path_param("bot_id", "The bot's id", bot_ids)],
             "responses": responses({"200": _ok("The bot", _ref("Bot"))}, auth=True, unknown_path=True,
                                    errors={"404": ("unknown_bot",)}, descriptions={"404": "No such bot"}),
         }},
         "/api/bots/{bot_id}/conversations": {"post": {
             "summary": "Start a conversation; it runs to its first wait or end", "operationId": "startConversation",
             **guarded,
-            "parameters": [_path_param("bot_id", "The bot's id")],
+            "parameters": [_path_param("bot_id", "The bot's id", bot_ids)],
             "requestBody": {"required": False, "content": {JSON: {"schema": {
-                "type": "object", "properties": {"variables": {"type": "object"}}}}}},
+                "type": "object", "properties": {"variables": {"type": ["object", "null"]}}}}}},
             "responses": responses(
-                {"201": _ok("The conversation, run to its first wait or end", conversation)},
+                {"201": {**_ok("The conversation, run to its first wait or end", conversation), "links": {
+                    "CallItsWebhook": _link("webhook", "Resolve the wait the conversation stopped at",
+                                            bot_id="$request.path.bot_id", block_id="$response.body#/block",
+                                            requestBody="$response.body#/conversation_key"),
+                    "ReadIt": _link("getConversation", "The conversation's state",
+                                    key="$response.body#/conversation_key"),
+                    "OpenItsUrl": _link("conversationByUrl", "The conversation's state by its URL",
+                                        key="$response.body#/conversation_key"),
+                }}},
                 body=True, auth=True, unknown_path=True,
                 errors={"400": ("invalid_payload",), "404": ("unknown_bot",)},
                 descriptions={"400": "Not a JSON object; variables not an object, nested deeper than 64 levels "
@@ -159,7 +189,7 @@ def openapi_document(*, max_body: int, protected: bool) -> dict[str, Any]:
                        "404 unknown_webhook, 413, 415, 400, 401, 422, 404 unknown_conversation, 410, 409)",
             "operationId": "webhook",
             "parameters": [
-                _path_param("bot_id", "The bot's id"), _path_param("block_id", "A webhook block's id"),
+                _path_param("bot_id", "The bot's id", bot_ids), _path_param("block_id", "A webhook block's id", block_ids),
                 {"name": "X-Webhook-Signature", "in": "header", "required": False,
                  "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'> when the block has a secret",
                  "schema": {"type": "string"}},

@@ -89,7 +89,6 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
     app.gate = gate  # type: ignore[attr-defined]
     app.asgi_app = HttpGuard(  # type: ignore[method-assign,assignment]
         app.asgi_app, statuses=STATUS_BY_CODE, api_token=api_token, body_timeout=body_timeout)
-    openapi = openapi_document(max_body=max_body, protected=bool(api_token))
     webhook_calls: dict[int, int] = {}
     webhooks = WebhookHandler(gate, max_body=max_body)
 
@@ -123,7 +122,8 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
 
     @app.get("/openapi.json")
     async def openapi_json() -> Response:
-        return json_response(openapi)
+        webhooks = {bot.id: bot.webhook_blocks() for bot in gate.store.bots()}
+        return json_response(openapi_document(max_body=max_body, protected=bool(api_token), webhooks=webhooks))
 
     @app.get("/")
     async def page() -> Response:
