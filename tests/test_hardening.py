@@ -277,3 +277,12 @@ async def test_past_the_cap_the_longest_stalled_body_is_shed(gate: Gate, autojum
 
 def test_every_guard_code_has_a_status() -> None:
     assert {STATUS_BY_CODE[code] for code in ("invalid_request", "unauthorized", "body_timeout")} == {400, 401, 408}
+
+
+async def test_a_block_type_that_is_a_table_is_an_invalid_bot_not_a_500(client: httpx.AsyncClient) -> None:
+    """Found by Schemathesis: ``"type": {}`` made the bot validator fail with TypeError."""
+    for bad_type in ({}, [], ["message"]):
+        bot = {"id": "p", "start": "x", "blocks": {"x": {"type": bad_type}}}
+        response = await client.post("/api/bots", json=bot)
+        assert_error(response, 422, "invalid_bot")
+        assert response.json()["problems"][0]["field"] == "type"
