@@ -109,6 +109,9 @@ def serve(
         help="Require Authorization: Bearer TOKEN on /, /api/… and /metrics (open the page as /?token=TOKEN).")] = None,
     body_timeout: Annotated[float, typer.Option(
         help="Seconds a request body may take after its headers; then 408 and the connection closes.")] = 30.0,
+    retention: Annotated[float, typer.Option(
+        help="Seconds finished conversations stay in memory (then within 30 s: gone from memory; on SQLite still "
+             "readable from disk).")] = 3600.0,
     log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
@@ -132,6 +135,9 @@ def serve(
     if not 0 < body_timeout < float("inf"):
         err.print("--body-timeout: must be a positive number of seconds")
         raise typer.Exit(2)
+    if not 0 <= retention < float("inf"):
+        err.print("--retention: must be a number of seconds >= 0")
+        raise typer.Exit(2)
     raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
     try:
@@ -139,7 +145,7 @@ def serve(
     except ValueError as error:
         err.print(f"--store: {error}")
         raise typer.Exit(2) from None
-    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}")
+    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention)
     for bot in loaded:
         existing = gate_store.get_bot(bot.id)
         if existing is None:
