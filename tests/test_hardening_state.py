@@ -308,3 +308,27 @@ def test_a_failure_at_any_step_answers_500_and_changes_nothing(kind: str, call: 
             nursery.cancel_scope.cancel()
 
     run_virtual(main)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_timeout_whose_resolution_fails_is_retried_and_the_scheduler_survives(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """E.g. the SQLite file locked by another process past the busy timeout, when a deadline fires."""
+
+    async def main() -> None:
+        gate = Gate(store=make_store(kind, tmp_path / "gate.db"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gate.run)
+            gate.add_bot(webhook_bot(timeout_s=10))
+            key = gate.start_conversation("pay").key
+            with monkeypatch.context() as patch:
+                failure = FailAt(patch, gate.store, 0)  # the timer's first step fails
+                await trio.sleep(10.5)
+            assert failure.fired
+            await trio.sleep(1)  # retried (SQLite: the orphan poll may get there first)
+            wait = gate.get_conversation(key).waits[0]
+            assert (wait.outcome, wait.reason, wait.waited_s) == ("failure", "timeout", 10.0)
+            assert gate.start_conversation("pay").status == "waiting"  # the scheduler still runs
+            nursery.cancel_scope.cancel()
+
+    run_virtual(main)

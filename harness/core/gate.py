@@ -69,6 +69,7 @@ DEFAULT_RETENTION_S = 3600.0
 SWEEP_EVERY_S = 30.0
 ORPHAN_POLL_S = 1.0
 ORPHANS_PER_POLL = 1000
+RETRY_AFTER_S = 1.0  # a timeout whose resolution failed (e.g. the database was locked) is retried this soon
 EXPIRY_SLICE_S = 0.05  # the scheduler yields to other tasks after expiring waits for this long
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, math.inf)
 
@@ -186,24 +187,45 @@ class Gate:
             if time.perf_counter() - started > EXPIRY_SLICE_S:
                 return True
             deadline, _, key, index = heapq.heappop(heap)
-            conversation = self.store.get_conversation(key)
-            if conversation is None or not conversation.waits[index].is_open:
-                continue  # resolved by a call already (here or in another process)
+            try:
+                conversation = self.store.get_conversation(key)
+                if conversation is None or not conversation.waits[index].is_open:
+                    continue  # resolved by a call already (here or in another process)
+                self._resolve(conversation, index, "failure", "timeout", now)
+            except Exception:
+                # The resolution rolled back: nothing changed. Keep the scheduler alive (it serves
+                # every other wait) and try this one again shortly instead of losing its deadline.
+                log.exception("could not resolve a timed-out wait; retrying", extra={"block_index": index})
+                heapq.heappush(heap, (now + RETRY_AFTER_S, next(self._sequence), key, index))
+                continue
             self.stats.observe_lateness(now - deadline)
-            self._resolve(conversation, index, "failure", "timeout", now)
         return False
 
     def _resolve_orphans(self, now: float) -> None:
-        """Resolve overdue waits that no live process's timer covers (see the module docstring)."""
-        for key, index in self.store.overdue_waits(now, ORPHANS_PER_POLL):
-            conversation = self.store.get_conversation(key)
-            if conversation is None or index >= len(conversation.waits):
-                continue
-            wait = conversation.waits[index]
-            # Re-checked on trio's clock: the query compared unix seconds, which may round.
-            if wait.is_open and wait.deadline <= now and conversation.open_wait is wait:
-                self.stats.observe_lateness(now - wait.deadline)
+        """Resolve overdue waits that no live process's timer covers (see the module docstring).
+
+        A failure (say, the file is locked for longer than SQLite's busy timeout) rolls back and
+        is retried at the next poll; it never stops the scheduler.
+        """
+        try:
+            overdue = self.store.overdue_waits(now, ORPHANS_PER_POLL)
+        except Exception:
+            log.exception("could not look for orphaned waits; retrying at the next poll")
+            return
+        for key, index in overdue:
+            try:
+                conversation = self.store.get_conversation(key)
+                if conversation is None or index >= len(conversation.waits):
+                    continue
+                wait = conversation.waits[index]
+                # Re-checked on trio's clock: the query compared unix seconds, which may round.
+                if not (wait.is_open and wait.deadline <= now and conversation.open_wait is wait):
+                    continue
                 self._resolve(conversation, index, "failure", "timeout", now)
+            except Exception:
+                log.exception("could not resolve an orphaned wait; retrying at the next poll")
+                continue
+            self.stats.observe_lateness(now - wait.deadline)
 
     def _finished_at(self, conversation: Conversation, now: float) -> None:
         if conversation.status in ("completed", "errored"):
