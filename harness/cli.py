@@ -107,12 +107,21 @@ def serve(
     store: Annotated[str, typer.Option(help="memory, or sqlite:PATH")] = "memory",
     public_url: Annotated[str | None, typer.Option(help="Base URL in conversation and webhook URLs.")] = None,
     max_body: Annotated[int, typer.Option(help="Largest webhook body accepted, in bytes.")] = 1024 * 1024,
+    api_token: Annotated[str | None, typer.Option(
+        envvar="HARNESS_API_TOKEN", show_envvar=True,
+        help="Require Authorization: Bearer TOKEN on /, /api/… and /metrics (open the page as /?token=TOKEN).")] = None,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds a request body may take after its headers; then 408 and the connection closes.")] = 30.0,
+    retention: Annotated[float, typer.Option(
+        help="Seconds finished conversations stay in memory (then within 30 s: gone from memory; on SQLite still "
+             "readable from disk).")] = 3600.0,
     log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
     import trio
 
     from .core.gate import Gate
+    from .http_guard import raise_open_file_limit
     from .server import serve as serve_gate
     from .store import open_store
 
@@ -126,13 +135,20 @@ def serve(
     if max_body < 1:
         err.print("--max-body: must be at least 1 byte")
         raise typer.Exit(2)
+    if not 0 < body_timeout < float("inf"):
+        err.print("--body-timeout: must be a positive number of seconds")
+        raise typer.Exit(2)
+    if not 0 <= retention < float("inf"):
+        err.print("--retention: must be a number of seconds >= 0")
+        raise typer.Exit(2)
+    raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
     try:
         gate_store = open_store(store)
     except ValueError as error:
         err.print(f"--store: {error}")
         raise typer.Exit(2) from None
-    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}")
+    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention)
     for bot in loaded:
         existing = gate_store.get_bot(bot.id)
         if existing is None:
@@ -150,7 +166,7 @@ def serve(
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
-                shutdown_trigger=stop_requested))
+                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested))
             names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
             err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
 
@@ -236,6 +252,8 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
+    api_token: Annotated[str | None, typer.Option(
+        envvar="HARNESS_API_TOKEN", show_envvar=True, help="With --target: the gate's --api-token.")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
     driver: Annotated[str, typer.Option(
@@ -284,7 +302,7 @@ def run(
         with progress_display(scenario.name, total, console=err) as progress:
             try:
                 frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency, workers=workers,
-                                                  driver=driver, progress=progress))
+                                                  driver=driver, progress=progress, api_token=api_token))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
                 raise typer.Exit(1) from None

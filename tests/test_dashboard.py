@@ -103,7 +103,7 @@ def test_the_page_updates_itself_in_a_real_browser(tmp_path: Path, browser_page:
         assert call(paid) == 200
         resolutions = page.locator("#resolutions tbody")
         expect(resolutions.locator("tr", has_text=paid[:8])).to_contain_text("success")
-        expect(resolutions.locator("tr", has_text=forgotten[:8])).to_contain_text("timeout", timeout=5000)
+        expect(resolutions.locator("tr", has_text=forgotten[:8])).to_contain_text("timeout", timeout=10_000)
         expect(waits).not_to_contain_text(forgotten[:8])
         assert call(forgotten) == 410
         expect(page.locator("#late tbody")).to_contain_text(forgotten[:8])

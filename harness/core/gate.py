@@ -19,6 +19,17 @@ The deadline decides, not the timer: a call at or after the deadline is refused 
 ``wait_expired`` even when the scheduler has not run yet, and the timer then resolves the wait as
 ``failure``/``timeout`` with ``waited_s`` exactly ``timeout_s``.
 
+The same task does two periodic chores, on trio's clock too:
+
+* **Retention** (every :data:`SWEEP_EVERY_S`): conversations that finished (``completed`` or
+  ``errored``) at least ``retention`` seconds ago leave memory — so a finished conversation is gone
+  between ``retention`` and ``retention + 30`` s after it finished. The memory store forgets them
+  (404 from then on); the SQLite store keeps them on disk and loads them again on demand.
+* **Orphaned deadlines** (every :data:`ORPHAN_POLL_S`, only for a store shared between processes):
+  waits whose deadline passed but that nobody resolved — their process was killed or stopped —
+  are found with one indexed query and resolved as ``failure``/``timeout`` through the same
+  compare-and-set commit, so two live processes never both resolve one.
+
 Usage::
 
     gate = Gate(public_url="http://127.0.0.1:8000")
@@ -54,6 +65,11 @@ log = logging.getLogger("harness.gate")
 
 # Timer lateness buckets (seconds) for the metrics histogram.
 RECENT = 50
+DEFAULT_RETENTION_S = 3600.0
+SWEEP_EVERY_S = 30.0
+ORPHAN_POLL_S = 1.0
+ORPHANS_PER_POLL = 1000
+RETRY_AFTER_S = 1.0  # a timeout whose resolution failed (e.g. the database was locked) is retried this soon
 EXPIRY_SLICE_S = 0.05  # the scheduler yields to other tasks after expiring waits for this long
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, math.inf)
 
@@ -91,8 +107,11 @@ class Gate:
     """Holds bots and conversations and decides every webhook call and every timeout."""
 
     def __init__(self, *, store: Store | None = None, public_url: str = "http://127.0.0.1:8000",
-                 clock: WallClock | None = None) -> None:
+                 clock: WallClock | None = None, retention: float = DEFAULT_RETENTION_S) -> None:
+        if not retention >= 0:
+            raise ValueError("retention must be a number of seconds >= 0")
         self.store: Store = store if store is not None else MemoryStore()
+        self.retention = retention
         self.public_url = public_url.rstrip("/")
         self.clock = clock if clock is not None else WallClock()
         self.store.bind(self.clock)
@@ -101,6 +120,8 @@ class Gate:
         self._deadlines: list[tuple[float, int, str, int]] = []
         self._sequence = itertools.count()
         self._wake: trio.Event | None = None
+        # (finished at, key), oldest first: finish times only grow, so the sweep pops from the left.
+        self._finished: deque[tuple[float, str]] = deque()
         # What the live page shows: the latest resolutions and late calls, newest last.
         self.recent_resolutions: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.recent_late_calls: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -126,13 +147,22 @@ class Gate:
             if conversation.open_wait is not None:
                 self._arm(conversation)
         task_status.started()
+        next_sweep = trio.current_time() + SWEEP_EVERY_S
+        next_poll = trio.current_time() + ORPHAN_POLL_S if self.store.shared else math.inf
         try:
             async with trio.open_nursery() as self._nursery:
                 while True:
                     while self._expire_due(trio.current_time()):
                         await trio.sleep(0)  # a long batch (slow scripts): let requests in between
+                    now = trio.current_time()
+                    if now >= next_poll:
+                        self._resolve_orphans(now)
+                        next_poll = now + ORPHAN_POLL_S
+                    if now >= next_sweep:
+                        self._sweep(now)
+                        next_sweep = now + SWEEP_EVERY_S
                     next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
-                    with trio.move_on_at(next_deadline):
+                    with trio.move_on_at(min(next_deadline, next_poll, next_sweep)):
                         await self._wake.wait()
                     self._wake = trio.Event()
         finally:
@@ -159,17 +189,79 @@ class Gate:
             if time.perf_counter() - started > EXPIRY_SLICE_S:
                 return True
             deadline, _, key, index = heapq.heappop(heap)
-            conversation = self.store.get_conversation(key)
-            if conversation is None or not conversation.waits[index].is_open:
-                continue  # resolved by a call already (here or in another process)
+            try:
+                conversation = self.store.get_conversation(key)
+                if conversation is None or not conversation.waits[index].is_open:
+                    continue  # resolved by a call already (here or in another process)
+                self._time_out(conversation, index, now)
+            except Exception:
+                self._retry_later(key, index, now)
+                continue
             self.stats.observe_lateness(now - deadline)
-            if self._nursery is not None and not scripts_run_inline():
-                # Real time: the flow may run scripts, which run off the event loop in their own task.
-                # Until that task resolves the wait, the passed deadline already refuses calls.
-                self._nursery.start_soon(self._resolve_async, conversation, index, "failure", "timeout", now)
-            else:
-                self._resolve(conversation, index, "failure", "timeout", now)
         return False
+
+    def _time_out(self, conversation: Conversation, index: int, now: float) -> None:
+        """Resolve an overdue wait as ``failure``/``timeout`` and run its flow on.
+
+        In real time the flow's scripts run off the event loop, so the resolution continues in a
+        task of its own; until it commits, the passed deadline already refuses calls (410).
+        """
+        if self._nursery is not None and not scripts_run_inline():
+            self._nursery.start_soon(self._time_out_async, conversation, index, now)
+        else:
+            self._resolve(conversation, index, "failure", "timeout", now)
+
+    async def _time_out_async(self, conversation: Conversation, index: int, now: float) -> None:
+        try:
+            await self._resolve_async(conversation, index, "failure", "timeout", now)
+        except Exception:
+            self._retry_later(conversation.key, index, now)
+
+    def _retry_later(self, key: str, index: int, now: float) -> None:
+        """A timeout's resolution failed and rolled back (nothing changed): try again shortly.
+
+        Keeps the scheduler alive for every other wait instead of losing this one's deadline.
+        """
+        log.exception("could not resolve a timed-out wait; retrying", extra={"block_index": index})
+        heapq.heappush(self._deadlines, (now + RETRY_AFTER_S, next(self._sequence), key, index))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _resolve_orphans(self, now: float) -> None:
+        """Resolve overdue waits that no live process's timer covers (see the module docstring).
+
+        A failure (say, the file is locked for longer than SQLite's busy timeout) rolls back and
+        is retried at the next poll; it never stops the scheduler.
+        """
+        try:
+            overdue = self.store.overdue_waits(now, ORPHANS_PER_POLL)
+        except Exception:
+            log.exception("could not look for orphaned waits; retrying at the next poll")
+            return
+        for key, index in overdue:
+            try:
+                conversation = self.store.get_conversation(key)
+                if conversation is None or index >= len(conversation.waits):
+                    continue
+                wait = conversation.waits[index]
+                # Re-checked on trio's clock: the query compared unix seconds, which may round.
+                if not (wait.is_open and wait.deadline <= now and conversation.open_wait is wait):
+                    continue
+                self._time_out(conversation, index, now)
+            except Exception:
+                log.exception("could not resolve an orphaned wait; retrying at the next poll")
+                continue
+            self.stats.observe_lateness(now - wait.deadline)
+
+    def _finished_at(self, conversation: Conversation, now: float) -> None:
+        if conversation.status in ("completed", "errored"):
+            self._finished.append((now, conversation.key))
+
+    def _sweep(self, now: float) -> None:
+        """Let conversations finished at least ``retention`` seconds ago leave memory."""
+        finished = self._finished
+        while finished and finished[0][0] + self.retention <= now:
+            self.store.forget(finished.popleft()[1])
 
     # -- bots ---------------------------------------------------------------------------------
 
@@ -261,6 +353,7 @@ class Gate:
         self.store.add_conversation(conversation)
         if conversation.open_wait is not None:
             self._arm(conversation)
+        self._finished_at(conversation, trio.current_time())
         return conversation
 
     def get_conversation(self, key: str) -> Conversation:
@@ -310,6 +403,7 @@ class Gate:
         """Count, show and log a committed resolution; arm the wait the flow opened next, if any."""
         if conversation.open_wait is not None:
             self._arm(conversation)
+        self._finished_at(conversation, trio.current_time())
         self.stats.resolutions[(wait.outcome or "", wait.reason or "")] += 1
         self.recent_resolutions.append({
             "at": self.clock.iso(now), "bot": conversation.bot, "block": wait.block,

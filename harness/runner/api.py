@@ -61,6 +61,7 @@ def run_loaded_scenario(
     workers: int | None = None,
     driver: str = "asgi",
     progress: Progress = NO_PROGRESS,
+    api_token: str | None = None,
 ) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario`.
 
@@ -77,15 +78,16 @@ def run_loaded_scenario(
             done()
 
     with reporting_to(progress):
-        return _run(scenario, target, done if progress is NO_PROGRESS else finished, concurrency, workers, driver)
+        return _run(scenario, target, done if progress is NO_PROGRESS else finished, concurrency, workers, driver,
+                    api_token)
 
 
 def _run(scenario: Scenario, target: str | None, on_conversation_done: Callable[[], None] | None,
-         concurrency: int, workers: int | None, driver: str) -> pd.DataFrame:
+         concurrency: int, workers: int | None, driver: str, api_token: str | None) -> pd.DataFrame:
     if target is not None:
 
         async def real_time() -> list[dict[str, Any]]:
-            async with live(target, concurrency=concurrency) as driver:
+            async with live(target, concurrency=concurrency, api_token=api_token) as driver:
                 return await execute(scenario, driver, on_conversation_done=on_conversation_done)
 
         return to_frame(_outside_any_event_loop(lambda: trio.run(real_time)))
@@ -103,13 +105,15 @@ def run_scenario(
     workers: int | None = None,
     driver: str = "asgi",
     progress: bool = False,
+    api_token: str | None = None,
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
 
     Without ``target``: a fresh in-process gate in virtual time (a 300 s timeout costs
     milliseconds); large runs spread their sub-cases over one process per core (``workers``
     overrides; the rows are the same either way). With ``target="http://127.0.0.1:8000"``: in
-    real time against that live gate. ``seed`` overrides the file's seed. ``driver`` picks how
+    real time against that live gate (``api_token``: its ``--api-token``). ``seed`` overrides the file's seed.
+    ``driver`` picks how
     a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in process) or ``"core"`` (the
     same webhook handling without HTTP framing; same rows, faster). ``progress=True`` shows a bar
     of conversations started and finished (a widget in Jupyter). Raises
@@ -120,7 +124,8 @@ def run_scenario(
     """
     scenario = as_scenario(path_or_dict, seed=seed)
     if not progress:
-        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver)
+        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver, api_token=api_token)
     total = sum(subcase.conversations for subcase in scenario.subcases)
     with NotebookProgress(scenario.name, total) as bar:
-        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver, progress=bar)
+        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver, progress=bar,
+                                   api_token=api_token)

@@ -137,11 +137,14 @@ async def in_process(*, max_body: int = 1024 * 1024) -> AsyncIterator[Driver]:
 
 
 @asynccontextmanager
-async def live(url: str, *, concurrency: int = 64) -> AsyncIterator[Driver]:
-    """A running gate at ``url``. ``concurrency`` bounds requests in flight (and connections)."""
+async def live(url: str, *, concurrency: int = 64, api_token: str | None = None) -> AsyncIterator[Driver]:
+    """A running gate at ``url``. ``concurrency`` bounds requests in flight (and connections);
+    ``api_token`` is sent as ``Authorization: Bearer`` (the gate's ``--api-token``)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(30.0, pool=None)  # waiting for a pooled connection is not an error
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), limits=limits, timeout=timeout) as client:
+    headers = {"Authorization": f"Bearer {api_token}"} if api_token else None
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), limits=limits, timeout=timeout,
+                                 headers=headers) as client:
         yield Driver(client=client, virtual=False, in_flight=trio.Semaphore(concurrency), poll_interval_s=0.05)
 
 
