@@ -6,7 +6,6 @@ Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input file is
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ import typer
 from rich.console import Console
 
 from .core.bots import Bot, InvalidBot, load_bot
+from .gc_tuning import keep_long_lived_state_out_of_gc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,23 +63,6 @@ def bot_files(paths: list[Path]) -> list[Path]:
         else:
             files.append(path)
     return files
-
-
-def keep_long_lived_state_out_of_gc() -> None:
-    """Stop full garbage collections from rescanning every conversation the gate holds.
-
-    A gate keeps all its conversations for its whole life. CPython's full collections walk every
-    tracked object, so with tens of thousands of conversations each one paused the server for
-    tens of milliseconds (the p99 of bench/http_throughput). Freezing what survives a full
-    collection moves it to the permanent generation: later collections scan only new objects.
-    """
-    gc.freeze()
-
-    def freeze_survivors(phase: str, info: dict[str, int]) -> None:
-        if phase == "stop" and info["generation"] == 2:
-            gc.freeze()
-
-    gc.callbacks.append(freeze_survivors)
 
 
 def load_bots_or_exit(paths: list[Path]) -> list[Bot]:

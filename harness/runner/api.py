@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,9 +18,9 @@ import trio
 
 from .drivers import DRIVERS, live
 from .engine import execute
-from .results import to_frame
+from .results import ResultBlock, to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
-from .shards import auto_workers, run_sharded, run_virtual
+from .shards import auto_workers, run_spread, run_virtual
 
 __all__ = ["run_scenario", "run_loaded_scenario", "as_scenario"]
 
@@ -53,25 +53,34 @@ def run_loaded_scenario(
     scenario: Scenario,
     *,
     target: str | None = None,
+    on_conversation_started: Callable[[], None] | None = None,
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
     workers: int | None = None,
+    executor: Executor | None = None,
     driver: str = "asgi",
 ) -> pd.DataFrame:
-    """Run a validated scenario; see :func:`run_scenario`."""
+    """Run a validated scenario; see :func:`run_scenario`. The callbacks are called once per
+    conversation: when its start returns, and when its row is written (from shard processes
+    too, in batches)."""
     if driver not in DRIVERS:
         raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
     if target is not None:
 
-        async def real_time() -> list[dict[str, Any]]:
+        async def real_time() -> list[ResultBlock]:
             async with live(target, concurrency=concurrency) as driver:
-                return await execute(scenario, driver, on_conversation_done=on_conversation_done)
+                return await execute(scenario, driver, on_conversation_started=on_conversation_started,
+                                     on_conversation_done=on_conversation_done)
 
         return to_frame(_outside_any_event_loop(lambda: trio.run(real_time)))
     processes = auto_workers(scenario) if workers is None else max(1, workers)
-    if processes > 1 and len(scenario.subcases) > 1:
-        return to_frame(run_sharded(scenario, processes, on_conversation_done, driver=driver))
-    return to_frame(_outside_any_event_loop(lambda: run_virtual(scenario, on_conversation_done, driver=driver)))
+    if executor is not None or processes > 1:
+        return to_frame(run_spread(scenario, processes, executor=executor, driver=driver,
+                                   on_conversation_started=on_conversation_started,
+                                   on_conversation_done=on_conversation_done))
+    return to_frame(_outside_any_event_loop(lambda: run_virtual(
+        scenario, driver=driver, on_conversation_started=on_conversation_started,
+        on_conversation_done=on_conversation_done)))
 
 
 def run_scenario(
@@ -80,19 +89,23 @@ def run_scenario(
     target: str | None = None,
     seed: int | None = None,
     workers: int | None = None,
+    executor: Executor | None = None,
     driver: str = "asgi",
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
 
     Without ``target``: a fresh in-process gate in virtual time (a 300 s timeout costs
-    milliseconds); large runs spread their sub-cases over one process per core (``workers``
-    overrides; the rows are the same either way). With ``target="http://127.0.0.1:8000"``: in
-    real time against that live gate. ``seed`` overrides the file's seed. ``driver`` picks how
-    a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in process) or ``"core"`` (the
-    same webhook handling without HTTP framing; same rows, faster). Raises
-    ``InvalidScenario`` listing every problem::
+    milliseconds); large runs spread their sub-cases, and the conversations of large cases, over
+    one process per core (``workers`` overrides; the rows are the same either way).
+    ``executor`` runs the pieces on any ``concurrent.futures.Executor`` instead, e.g. a Dask
+    cluster's ``client.get_executor()``. With ``target="http://127.0.0.1:8000"``: in real time
+    against that live gate. ``seed`` overrides the file's seed. ``driver`` picks how a virtual run
+    reaches its gate: ``"asgi"`` (the real Quart app, in process) or ``"core"`` (the same webhook
+    handling without HTTP framing; same rows, faster). Raises ``InvalidScenario`` listing every
+    problem::
 
         frame = run_scenario("scenarios/payment.toml")
         frame.groupby("case", observed=True)["outcome"].value_counts()
     """
-    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target, workers=workers, driver=driver)
+    return run_loaded_scenario(as_scenario(path_or_dict, seed=seed), target=target, workers=workers,
+                               executor=executor, driver=driver)

@@ -17,7 +17,7 @@ import pandas as pd
 
 __all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "RATE_METRICS"]
 
-RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate")
+RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate", "late_rate")
 _AGGREGATES = ("p50", "p95", "p99", "mean", "max")
 _COLUMNS = ("waited_s", "delay_s")
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -78,6 +78,8 @@ def metric_value(metric: str, rows: pd.DataFrame) -> float:
     if metric == "misattributed_rate":
         resolved_by = rows["resolved_by"]
         return float((resolved_by.notna() & (resolved_by != rows["conversation"])).fillna(False).mean())
+    if metric == "late_rate":  # conversations with at least one call answered 410 wait_expired
+        return float((rows["late_calls"].fillna(0) > 0).mean())
     aggregate, _, rest = metric.partition("(")
     values = rows[rest.rstrip(")")].dropna().to_numpy(dtype=float)
     if values.size == 0:

@@ -35,6 +35,10 @@ class Store(Protocol):
         """The conversation as stored now. Callers may change it and then :meth:`commit` it."""
         ...
 
+    def forget_conversation(self, key: str) -> None:
+        """Drop the conversation from memory; a store on disk keeps it readable there."""
+        ...
+
     def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
         """Persist a conversation whose wait ``resolved_wait`` was just resolved, atomically.
 

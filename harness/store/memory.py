@@ -38,6 +38,9 @@ class MemoryStore:
     def get_conversation(self, key: str) -> Conversation | None:
         return self._conversations.get(key)
 
+    def forget_conversation(self, key: str) -> None:
+        self._conversations.pop(key, None)
+
     def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
         return True  # the dict holds the live object, already changed
 

@@ -202,6 +202,9 @@ class SqliteStore:
         ]
         return conversation
 
+    def forget_conversation(self, key: str) -> None:
+        self._seen.pop(key, None)  # the cached object goes; the file keeps the conversation
+
     def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
         wait = conversation.waits[resolved_wait]
         assert wait.resolved_at is not None
