@@ -18,6 +18,7 @@ peak RSS of the whole process tree (parent + workers), sampled every 50 ms.
 
     python3 -m bench.engines              # 20k conversations, 3 rounds; 200k memory run
     python3 -m bench.engines --quick      # 2k conversations, 1 round, for CI
+    python3 -m bench.engines --before /work/main   # also the drivers of another checkout, same rounds
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -83,23 +85,37 @@ def direct_loop(conversations: int) -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-def one(engine: str, conversations: int) -> dict:
-    """In this process: run one engine once; its wall time and this process's peak RSS."""
-    start = time.perf_counter()
-    if engine == "direct":
-        direct_loop(conversations)
-    else:
-        from harness.runner import run_scenario
+RUNNER = """
+import json, resource, sys, time
+from harness.runner import run_scenario
+document, driver = json.loads(sys.argv[1]), sys.argv[2]
+start = time.perf_counter()
+frame = run_scenario(document, driver=driver, workers=1)
+seconds = time.perf_counter() - start
+assert len(frame) == sum(case["conversations"] for case in document["cases"]) and frame["outcome"].notna().all()
+print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
 
-        frame = run_scenario(scenario(conversations), driver=engine, workers=1)
-        assert len(frame) == conversations and frame["outcome"].notna().all()
+
+def one_direct(conversations: int) -> dict:
+    """In this process: the direct loop once; its wall time and this process's peak RSS."""
+    import harness.core.webhooks  # noqa: F401  (imports are not part of the loop's time)
+
+    start = time.perf_counter()
+    direct_loop(conversations)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def in_subprocess(*args: str) -> dict:
-    output = subprocess.run([sys.executable, "-m", "bench.engines", *args], check=True, capture_output=True,
-                            text=True).stdout
+def measure(engine: str, conversations: int, code_path: str) -> dict:
+    """One measurement in a fresh process; ``code_path`` is the checkout whose ``harness`` runs."""
+    if engine == "direct":
+        argv = [sys.executable, "-m", "bench.engines", "--one-direct", str(conversations)]
+        env = None
+    else:
+        argv = [sys.executable, "-c", RUNNER, json.dumps(scenario(conversations)), engine]
+        env = {**os.environ, "PYTHONPATH": code_path}
+    output = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -140,26 +156,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conversations", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=ENGINES)
-    parser.add_argument("--one", choices=ENGINES, help=argparse.SUPPRESS)  # internal: one measurement
-    parser.add_argument("--memory-conversations", type=int, default=200_000)
+    parser.add_argument("--one-direct", type=int, help=argparse.SUPPRESS)  # internal: one measurement
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also run the core and asgi drivers of another checkout (e.g. /work/main), same rounds")
+    parser.add_argument("--memory-conversations", type=int, default=200_000, help="0: skip the memory run")
     args = parser.parse_args(argv)
-    if args.one:
-        print(json.dumps(one(args.one, args.conversations)))
+    if args.one_direct:
+        print(json.dumps(one_direct(args.one_direct)))
         return
     n, rounds = (2_000, 1) if args.quick else (args.conversations, args.rounds)
-    results: dict[str, list[dict]] = {engine: [] for engine in args.engines}
+    here = str(Path(__file__).resolve().parent.parent)
+    variants = [(engine, engine, here) for engine in args.engines]
+    if args.before:
+        variants += [(f"{engine} (before)", engine, args.before) for engine in args.engines if engine != "direct"]
+    results: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
     for _ in range(rounds):
-        for engine in args.engines:
-            results[engine].append(in_subprocess("--one", engine, "--conversations", str(n)))
+        for label, engine, path in variants:
+            results[label].append(measure(engine, n, path))
     header(f"engines: {n:,} conversations, payment bot, virtual time, one process each, median of {rounds}")
-    row("engine", "conv/s", "vs direct", "seconds", "peak RSS MiB", "KiB/conv")
+    row("engine", "conv/s", "vs direct", "seconds", "peak RSS MiB")
     direct = statistics.median(r["seconds"] for r in results["direct"]) if "direct" in results else None
-    for engine, runs in results.items():
+    for label, runs in results.items():
         seconds = statistics.median(r["seconds"] for r in runs)
         peak = statistics.median(r["peak_rss_mib"] for r in runs)
         ratio = f"{direct / seconds:.2f}" if direct else "-"
-        row(engine, f"{n / seconds:,.0f}", ratio, f"{seconds:.2f}", f"{peak:,.0f}", f"{peak * 1024 / n:.1f}")
-    if not args.quick:
+        row(label, f"{n / seconds:,.0f}", ratio, f"{seconds:.2f}", f"{peak:,.0f}")
+    if not args.quick and args.memory_conversations:
         total = args.memory_conversations
         seconds, peak = memory_run(total, 2)
         header(f"memory: {total:,} conversations, core driver, 2 workers, peak RSS of the process tree")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.bots import TIMEOUT_RANGE, Bot, InvalidBot, is_integer, load_bot, parse_bot, read_document
+from ..core.bots import DEFAULT_KEY_PATH, TIMEOUT_RANGE, Bot, InvalidBot, is_integer, load_bot, parse_bot, read_document
 from .distributions import Delay, DelayError, is_finite_number, number_label, parse_delay
 from .thresholds import Threshold, ThresholdError, parse_threshold
 
@@ -257,10 +257,10 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
             bad("key", "a form cannot carry a key of the wrong type (form values are text); use encoding = \"json\"")
     if not isinstance(payload, dict):
         bad("payload", "must be a table")
-    elif webhook is not None:
-        key_path = webhook.key_path
+    else:
+        key_path = webhook.key_path if webhook is not None else DEFAULT_KEY_PATH
         if (key_path.text in payload) if encoding == "form" else key_path.extract(payload)[0]:
-            bad(f"payload.{key_path.text}", "is set by the case's `key` mode (at the block's key_path); "
+            bad(f"payload.{key_path.text}", "is set by the case's `key` mode; "
                 "leave it out of the payload")
         elif encoding == "json" and not _writable(payload, key_path.steps):
             bad("payload", f"the key cannot be written at {key_path.text}: a value on the way is not a table")
