@@ -5,12 +5,15 @@ Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input file is
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,6 +25,8 @@ from .gc_tuning import keep_long_lived_state_out_of_gc
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .runner import Scenario
 
 app = typer.Typer(
     add_completion=False,
@@ -188,12 +193,12 @@ def run(
         help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
     driver: Annotated[str, typer.Option(
         help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
+    dask: Annotated[str | None, typer.Option(
+        "--dask", metavar="ADDRESS",
+        help="Virtual time: spread the work over the Dask cluster at ADDRESS (tcp://host:8786); needs the dask extra.")] = None,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
-    import pandas as pd
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
+    from .runner import InvalidScenario, load_scenario, save_results
 
     if driver not in ("asgi", "core"):
         err.print(f"--driver: one of asgi, core; got {driver!r}")
@@ -214,6 +219,45 @@ def run(
             err.print("no scenario files given")
         raise typer.Exit(2)
 
+    if dask is not None and target is not None:
+        err.print("--dask spreads a virtual-time run; it cannot be combined with --target")
+        raise typer.Exit(2)
+    with contextlib.ExitStack() as stack:
+        executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
+        frame = _run_all(loaded, target=target, concurrency=concurrency, workers=workers, driver=driver,
+                         executor=executor)
+    all_ok = _print_summary(frame)
+    if out is not None:
+        save_results(frame, out)
+        err.print(f"{len(frame)} rows written to {out}")
+    raise typer.Exit(0 if all_ok else 1)
+
+
+@contextlib.contextmanager
+def _dask_executor(address: str) -> Iterator[Executor]:
+    """A ``concurrent.futures`` executor on the Dask cluster at ``address``."""
+    try:
+        from distributed import Client
+    except ImportError:
+        err.print("--dask needs Dask: python3 -m pip install 'webhook-gate-harness[dask]'")
+        raise typer.Exit(2) from None
+    try:
+        client = Client(address, timeout=10)
+    except OSError as error:
+        err.print(f"--dask {address}: cannot reach the scheduler: {error}")
+        raise typer.Exit(2) from None
+    with client:
+        yield client.get_executor()
+
+
+def _run_all(loaded: list[Scenario], *, target: str | None, concurrency: int, workers: int | None, driver: str,
+             executor: Executor | None) -> pd.DataFrame:
+    """Run every scenario with a progress bar on a terminal; one frame of all their rows."""
+    import pandas as pd
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .runner import RunError, run_loaded_scenario
+
     frames = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
@@ -223,16 +267,11 @@ def run(
             try:
                 frames.append(run_loaded_scenario(
                     scenario, target=target, concurrency=concurrency, workers=workers, driver=driver,
-                    on_conversation_done=functools.partial(progress.advance, task)))
+                    executor=executor, on_conversation_done=functools.partial(progress.advance, task)))
             except RunError as error:
                 err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
                 raise typer.Exit(1) from None
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    all_ok = _print_summary(frame)
-    if out is not None:
-        save_results(frame, out)
-        err.print(f"{len(frame)} rows written to {out}")
-    raise typer.Exit(0 if all_ok else 1)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 @app.command()

@@ -72,13 +72,24 @@ def test_a_large_case_is_cut_into_index_ranges_with_the_same_rows() -> None:
 
 
 @pytest.mark.slow
-def test_same_rows_on_one_or_two_processes_and_on_a_dask_cluster() -> None:
+def test_same_rows_on_one_or_two_processes_and_on_a_dask_cluster(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.runner import load_results
+
     single = run_scenario(SPREAD, workers=1)
     same_rows(single, run_scenario(SPREAD, workers=2))
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         same_rows(single, run_scenario(SPREAD, executor=client.get_executor()))
+        # The command line: harness run --dask ADDRESS
+        path = ROOT / "scenarios" / "signatures.toml"
+        result = CliRunner().invoke(app, ["run", str(path), "--dask", cluster.scheduler_address,
+                                          "--out", str(tmp_path / "r.parquet")])
+        assert result.exit_code == 0, result.output
+        same_rows(run_scenario(path, workers=1), load_results(tmp_path / "r.parquet"))
 
 
 @pytest.mark.slow
