@@ -6,7 +6,8 @@
 * ``core`` (:func:`in_core`) drives a fresh gate without HTTP framing, through the same
   transport-free webhook handling the server uses (:class:`~harness.core.webhooks.WebhookHandler`:
   parsing, signature, refusal order, status codes), so it gives the same rows, faster.
-* :func:`live` talks to a running ``harness serve`` over real HTTP, in real time.
+* :func:`live` talks to a running ``harness serve`` over real HTTP, in real time, through a lean
+  keep-alive HTTP/1.1 client (:class:`Http11Client`; httpx for ``https://`` targets).
 
 What the runner does per conversation — start it, call its webhook, read its outcome, let it go —
 is one method each (:meth:`Driver.start`, :meth:`Driver.call`, :meth:`Driver.read`,
@@ -19,12 +20,14 @@ timestamps nobody looks at); a live run reads ``GET /api/conversations/{key}``.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import h11
 import httpx
 import trio
 
@@ -34,7 +37,7 @@ from ..core.gate import Gate
 from ..core.webhooks import WebhookHandler, media_type_of
 from ..server import create_app
 
-__all__ = ["DRIVERS", "Driver", "Observed", "in_process", "in_core", "live", "open_driver", "IN_PROCESS_URL"]
+__all__ = ["DRIVERS", "TRANSPORT_ERRORS", "Driver", "Observed", "Http11Client", "in_process", "in_core", "live", "open_driver", "IN_PROCESS_URL"]
 
 IN_PROCESS_URL = "http://harness.local"
 DRIVERS = ("asgi", "core")
@@ -207,9 +210,112 @@ def _json_bytes(document: Any) -> bytes:
     return json.dumps(document).encode()
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: a trio stream and its h11 state machine."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.used = False  # has answered a request before: the server may have closed it meanwhile
+        self.answering = False  # bytes of the current answer have come in
+
+
+class Http11Client:
+    """A lean HTTP/1.1 client for a live gate: keep-alive connections, h11 for the protocol.
+
+    httpx's connection pool scans and request/response models were half of the client's CPU per
+    conversation; a live run needs only small JSON requests to one ``http://`` origin, so this
+    does just that. At most ``connections`` requests are in flight, one per connection. A request
+    that fails on a reused connection before any answer came back (the server closed it while it
+    sat idle) is sent once more on a fresh one: the server never saw it.
+    """
+
+    def __init__(self, base_url: str, *, connections: int, timeout_s: float = 30.0) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme != "http":
+            raise ValueError(f"the lean client speaks plain http, not {url.scheme}")
+        self.base_url = base_url.rstrip("/")
+        self.host, self.port = url.host, url.port or 80
+        self.authority = f"{self.host}:{self.port}".encode()
+        self.prefix = url.path.rstrip("/")
+        self.timeout_s = timeout_s
+        self.slots = trio.Semaphore(connections)
+        self.idle: list[_Connection] = []
+
+    async def request(self, method: str, url: str, *, content: bytes | None = None,
+                      headers: dict[str, str] | None = None, json: Any = None) -> AsgiAnswer:
+        if json is not None:
+            content = _json_bytes(json)
+            headers = {**(headers or {}), "Content-Type": "application/json"}
+        body = content or b""
+        fields = [(b"Host", self.authority), (b"Content-Length", str(len(body)).encode())]
+        fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+        request = h11.Request(method=method, target=(self.prefix + url).encode(), headers=fields)
+        async with self.slots:
+            with trio.fail_after(self.timeout_s):
+                while True:
+                    connection = self.idle.pop() if self.idle else await self._connect()
+                    try:
+                        answer = await self._exchange(connection, request, body)
+                    except (OSError, trio.BrokenResourceError, h11.RemoteProtocolError):
+                        await connection.stream.aclose()
+                        if connection.used and not connection.answering:
+                            continue  # a keep-alive connection the server had closed: once more, fresh
+                        raise
+                    except BaseException:
+                        await connection.stream.aclose()
+                        raise
+                    if connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE:
+                        connection.h11.start_next_cycle()
+                        connection.used = True
+                        self.idle.append(connection)
+                    else:
+                        await connection.stream.aclose()
+                    return answer
+
+    async def _connect(self) -> _Connection:
+        stream = await trio.open_tcp_stream(self.host, self.port)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Connection(stream)
+
+    async def _exchange(self, connection: _Connection, request: h11.Request, body: bytes) -> AsgiAnswer:
+        protocol = connection.h11
+        data = protocol.send(request) or b""
+        if body:
+            data += protocol.send(h11.Data(data=body)) or b""
+        data += protocol.send(h11.EndOfMessage()) or b""
+        connection.answering = False
+        await connection.stream.send_all(data)
+        status = 0
+        chunks: list[bytes] = []
+        while True:
+            event = protocol.next_event()
+            if event is h11.NEED_DATA:
+                received = await connection.stream.receive_some(65536)
+                connection.answering = connection.answering or bool(received)
+                protocol.receive_data(received)  # b"": the server closed; h11 then says how that ends
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return AsgiAnswer(status, b"".join(chunks))
+            elif isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("the server closed the connection mid-answer")
+
+    async def aclose(self) -> None:
+        for connection in self.idle:
+            await connection.stream.aclose()
+        self.idle.clear()
+
+
+# What a failed exchange with a live gate raises; the engine records it on the conversation.
+TRANSPORT_ERRORS = (httpx.HTTPError, OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError)
+
+
 @dataclass
 class Driver:
-    client: httpx.AsyncClient | CoreClient | AsgiClient
+    client: httpx.AsyncClient | CoreClient | AsgiClient | Http11Client
     virtual: bool  # True: trio's clock may be a MockClock; there is no real network
     gate: Gate | None = None  # only in-process: outcomes are read from it, signatures use its clock
     in_flight: trio.Semaphore | None = None  # bounds concurrent requests to a live server
@@ -240,12 +346,13 @@ class Driver:
             return None, f"starting the conversation: {response.status_code} {response.text[:200]}"
         return response.json()["conversation_key"], None
 
-    async def call(self, bot_id: str, block_id: str, body: bytes, headers: dict[str, str]) -> int:
-        """A third party's webhook call; its status."""
+    async def call(self, bot_id: str, block_id: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        """A third party's webhook call: its status, and (live only) the 200 answer's document."""
         if isinstance(self.client, CoreClient):
-            return self.client.webhook_status(bot_id, block_id, body, headers)
+            return self.client.webhook_status(bot_id, block_id, body, headers), None
         response = await self.request("POST", f"/webhooks/{bot_id}/{block_id}", content=body, headers=headers)
-        return response.status_code
+        accepted = response.json() if response.status_code == 200 and self.gate is None else None
+        return response.status_code, accepted
 
     async def read(self, key: str) -> tuple[Observed | None, str | None]:
         """The conversation as the gate has it now: ``(observed, None)`` or ``(None, why)``."""
@@ -278,6 +385,13 @@ async def in_process(*, max_body: int = 1024 * 1024) -> AsyncIterator[Driver]:
 @asynccontextmanager
 async def live(url: str, *, concurrency: int = 64) -> AsyncIterator[Driver]:
     """A running gate at ``url``. ``concurrency`` bounds requests in flight (and connections)."""
+    if httpx.URL(url).scheme == "http":
+        lean = Http11Client(url, connections=concurrency)
+        try:
+            yield Driver(client=lean, virtual=False, poll_interval_s=0.05)
+        finally:
+            await lean.aclose()
+        return
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(30.0, pool=None)  # waiting for a pooled connection is not an error
     async with httpx.AsyncClient(base_url=url.rstrip("/"), limits=limits, timeout=timeout) as client:

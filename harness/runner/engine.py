@@ -39,13 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
-import httpx
 import numpy as np
 import trio
 
 from ..core.bots import Block, Bot, parse_bot
 from ..core.signing import signature_headers
-from .drivers import Driver, Observed
+from .drivers import TRANSPORT_ERRORS, Driver, Observed
 from .results import ResultBlock
 from .scenario import Scenario, SubCase
 
@@ -192,7 +191,7 @@ class _Party:
     """One conversation in flight: what its user, third party and observer need to remember."""
 
     __slots__ = ("index", "opened_at", "key", "body", "first_call_s", "statuses", "pending", "next_call",
-                 "resolved", "observe_at", "holds", "waiting", "errors", "done")
+                 "resolved", "answer", "observe_at", "holds", "waiting", "errors", "done")
 
     def __init__(self, index: int) -> None:
         self.index = index  # within the sub-case
@@ -204,6 +203,7 @@ class _Party:
         self.pending = 0  # calls scheduled or in flight
         self.next_call = 0
         self.resolved = False  # a 200 named this conversation's key
+        self.answer: Observed | None = None  # live: what that 200 said, when it says enough
         self.observe_at = math.inf  # when the observer is due (inf: not yet scheduled)
         self.holds = 1  # who still needs the conversation in the gate: its observer (+ its caller)
         self.waiting: list[_Party] | None = None  # `other`: parties whose call waits for our key
@@ -236,6 +236,8 @@ class _SubCaseRun:
         self.body = BodyTemplate(subcase.payload, block, subcase.encoding)
         self.content_type = CONTENT_TYPES[subcase.encoding]
         self.signed = bool(block.secret)
+        self.answer_suffices = subcase.expect is None or subcase.expect.variables is None
+        self.answer_suffices &= not _reenters(scenario.bot, block.id)
         self.parties: dict[int, _Party] = {}  # in flight only
         self.started = np.zeros(self.count, dtype=bool)
         self.statuses_text: dict[tuple[int, ...], str] = {}  # one string object per distinct pattern
@@ -269,7 +271,7 @@ class _SubCaseRun:
         driver = self.engine.driver
         try:
             key, problem = await driver.start(self.bot_id)
-        except httpx.HTTPError as error:
+        except TRANSPORT_ERRORS as error:
             key, problem = None, f"{type(error).__name__}: {error}"
         if self.engine.on_started is not None:
             self.engine.on_started()
@@ -333,14 +335,14 @@ class _SubCaseRun:
         if math.isnan(party.first_call_s):
             party.first_call_s = now - party.opened_at
         try:
-            status = await self.engine.driver.call(self.bot_id, self.subcase.block, body, headers)
-        except httpx.HTTPError as error:
+            status, accepted = await self.engine.driver.call(self.bot_id, self.subcase.block, body, headers)
+        except TRANSPORT_ERRORS as error:
             self._fail(party, f"{type(error).__name__}: {error}")
             return
         party.statuses.append(status)
         now = trio.current_time()
         if status == 200 and self.subcase.key in ("correct", "other"):
-            self._resolved(self._target_of(party), party.index)
+            self._resolved(self._target_of(party), party.index, accepted)
         subcase = self.subcase
         policy = subcase.retry
         next_retry = retry + 1
@@ -360,13 +362,21 @@ class _SubCaseRun:
     def _target_of(self, party: _Party) -> int:
         return party.index if self.targets is None else int(self.targets[party.index - self.first])
 
-    def _resolved(self, target_index: int, by: int) -> None:
-        """A 200 named ``target_index``'s key: its wait is resolved; its observer need not wait."""
+    def _resolved(self, target_index: int, by: int, accepted: dict[str, Any] | None) -> None:
+        """A 200 named ``target_index``'s key: its wait is resolved; its observer need not wait.
+
+        Against a live gate, the 200's answer (``waited_s``, ``conversation_status``) already says
+        what the observer would read, when the conversation cannot come back to this block (its
+        first wait there is the one resolved) and no variables are expected: one request less.
+        """
         self.resolved_by[target_index - self.first] = by
         target = self.parties.get(target_index)
         if target is None or target.done:
             return
         target.resolved = True
+        if accepted is not None and self.answer_suffices and {"waited_s", "conversation_status"} <= accepted.keys():
+            target.answer = Observed(accepted["conversation_status"],
+                                     [(self.subcase.block, "success", "received", accepted["waited_s"])], {})
         if target.pending == 0 and target.observe_at > trio.current_time():
             self._observe_at(target, trio.current_time())
 
@@ -391,6 +401,9 @@ class _SubCaseRun:
     async def observe(self, party: _Party, due: float) -> None:
         if party.done or due != party.observe_at:
             return  # finished, or brought forward by a resolution: this one is stale
+        if party.answer is not None:
+            self._finish(party, party.answer)
+            return
         assert party.key is not None
         driver = self.engine.driver
         give_up_at = party.opened_at + self.subcase.timeout_s + MAX_POLL_S
@@ -398,7 +411,7 @@ class _SubCaseRun:
         while True:
             try:
                 observed, problem = await driver.read(party.key)
-            except httpx.HTTPError as error:
+            except TRANSPORT_ERRORS as error:
                 observed, problem = None, f"{type(error).__name__}: {error}"
             if observed is None:
                 self._fail(party, problem or "not read")
@@ -556,7 +569,7 @@ async def execute(
     subcases = [by_index[index] for index in dict.fromkeys(plan.subcase for plan in plans)]
     try:
         bot_ids = await register_bots(scenario, subcases, driver)
-    except httpx.HTTPError as error:
+    except TRANSPORT_ERRORS as error:
         raise RunError(f"cannot reach the gate at {driver.client.base_url}: {error}") from None
     engine = _Engine(driver, on_conversation_started, on_conversation_done)
     runs = []
@@ -568,6 +581,20 @@ async def execute(
         runs.append(run)
     await engine.run()
     return [run.result(scenario) for run in runs]
+
+
+def _reenters(bot: Bot, block_id: str) -> bool:
+    """Whether a conversation can come back to ``block_id`` after leaving it (a loop)."""
+    seen: set[str] = set()
+    pending = list(bot.blocks[block_id].edges.values())
+    while pending:
+        current = pending.pop()
+        if current == block_id:
+            return True
+        if current not in seen:
+            seen.add(current)
+            pending.extend(bot.blocks[current].edges.values())
+    return False
 
 
 def _first_wait(observed: Observed | None, block: str) -> tuple[str, str | None, str | None, float | None] | None:
