@@ -113,7 +113,7 @@ def measure(engine: str, conversations: int, code_path: str) -> dict:
         argv = [sys.executable, "-m", "bench.engines", "--one-direct", str(conversations)]
         env = None
     else:
-        argv = [sys.executable, "-c", RUNNER, json.dumps(scenario(conversations)), engine]
+        argv = [sys.executable, "-P", "-c", RUNNER, json.dumps(scenario(conversations)), engine]  # -P: not the cwd's harness
         env = {**os.environ, "PYTHONPATH": code_path}
     output = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])

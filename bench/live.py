@@ -76,7 +76,7 @@ def harness_live(conversations: int, code_path: str) -> float:
     document = {"bot": str(BOT), "seed": 1, "cases": [
         {"name": "live", "conversations": conversations, "delay_s": 0, "payload": PAYLOAD}]}
     with serve() as server:
-        output = subprocess.run([*pinned(1), sys.executable, "-c", RUNNER, json.dumps(document), server.url],
+        output = subprocess.run([*pinned(1), sys.executable, "-P", "-c", RUNNER, json.dumps(document), server.url],
                                 check=True, capture_output=True, text=True,
                                 env={**os.environ, "PYTHONPATH": code_path}).stdout
     result = json.loads(output.strip().splitlines()[-1])
