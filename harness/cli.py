@@ -190,7 +190,7 @@ def run(
     seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
     workers: Annotated[int | None, typer.Option(
-        help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
+        help="Virtual time: processes to spread sub-cases (and large cases) over (default: one per core for large runs).")] = None,
     driver: Annotated[str, typer.Option(
         help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
     dask: Annotated[str | None, typer.Option(
