@@ -12,6 +12,7 @@ process goes on after the run.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,16 +32,29 @@ def keep_long_lived_state_out_of_gc() -> None:
     gc.callbacks.append(_freeze_survivors)
 
 
+_runs_lock = threading.Lock()
+_runs = 0  # runs in progress in this process (threads may run several at once)
+_saved_thresholds = gc.get_threshold()
+
+
 @contextmanager
 def long_lived_state_out_of_gc() -> Iterator[None]:
-    """The same for the duration of a run, with fewer young collections; undone afterwards."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.callbacks.append(_freeze_survivors)
-    gc.set_threshold(max(thresholds[0], RUN_GEN0_THRESHOLD), *thresholds[1:])
+    """The same for the duration of a run, with fewer young collections; undone when the last
+    run of the process ends."""
+    global _runs, _saved_thresholds
+    with _runs_lock:
+        _runs += 1
+        if _runs == 1:
+            _saved_thresholds = gc.get_threshold()
+            gc.callbacks.append(_freeze_survivors)
+            gc.set_threshold(max(_saved_thresholds[0], RUN_GEN0_THRESHOLD), *_saved_thresholds[1:])
+        gc.freeze()
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
-        gc.callbacks.remove(_freeze_survivors)
-        gc.unfreeze()
+        with _runs_lock:
+            _runs -= 1
+            if _runs == 0:
+                gc.set_threshold(*_saved_thresholds)
+                gc.callbacks.remove(_freeze_survivors)
+                gc.unfreeze()

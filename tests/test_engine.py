@@ -3,6 +3,7 @@ signature schemes, late calls; memory that does not grow with finished conversat
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -66,9 +67,12 @@ def test_a_large_case_is_cut_into_index_ranges_with_the_same_rows() -> None:
     assert len(big) == 2 and {(p.start, p.stop) for p in big} == {(0, 200), (200, 400)}
     other = [plan for group in groups for plan in group if plan.subcase == 2]
     assert [(p.start, p.stop) for p in other] == [(0, 40)]  # keys depend on each other: never cut
+    thresholds, callbacks = gc.get_threshold(), list(gc.callbacks)
     single = run_scenario(SPREAD, workers=1, driver="core")
     with ThreadPoolExecutor(max_workers=2) as pool:
         same_rows(single, run_scenario(SPREAD, executor=pool, driver="core"))
+    # The run tuned the garbage collector for its duration only (a notebook's process goes on).
+    assert (gc.get_threshold(), gc.callbacks) == (thresholds, callbacks)
 
 
 @pytest.mark.slow
