@@ -8,7 +8,9 @@ Each conversation has three roles, played in turn by one event schedule (a heap 
 2. the *third party* calls ``delay_s`` later, then makes its other ``calls`` spaced by
    ``call_gap_s`` (each no earlier than the previous answer), with the case's key and signature
    modes; with ``retry``, an answer that matches ``retry.on`` brings another attempt after the
-   next delay, counted from that answer, until a 2xx or the delays run out;
+   next delay, counted from that answer, until a 2xx or the delays run out (each of the ``calls``
+   has its own chain of retries, as a sender retries each delivery); ``late_calls`` counts this
+   party's answers 410;
 3. the *observer*, once the party has no call left, waits until the wait is resolved (a 200 naming
    this key) or its deadline has passed, then reads the conversation from the gate: the gate, not
    the runner, says what the outcome was. Its row is written then, and nothing else of the
