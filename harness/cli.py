@@ -25,8 +25,9 @@ from .gc_tuning import keep_long_lived_state_out_of_gc
 
 if TYPE_CHECKING:
     import pandas as pd
+    from rich.table import Table
 
-    from .runner import Scenario
+    from .runner.report import CaseResult
 
 app = typer.Typer(
     add_completion=False,
@@ -92,12 +93,21 @@ def serve(
     store: Annotated[str, typer.Option(help="memory, or sqlite:PATH")] = "memory",
     public_url: Annotated[str | None, typer.Option(help="Base URL in conversation and webhook URLs.")] = None,
     max_body: Annotated[int, typer.Option(help="Largest webhook body accepted, in bytes.")] = 1024 * 1024,
+    api_token: Annotated[str | None, typer.Option(
+        envvar="HARNESS_API_TOKEN", show_envvar=True,
+        help="Require Authorization: Bearer TOKEN on /, /api/… and /metrics (open the page as /?token=TOKEN).")] = None,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds a request body may take after its headers; then 408 and the connection closes.")] = 30.0,
+    retention: Annotated[float, typer.Option(
+        help="Seconds finished conversations stay in memory (then within 30 s: gone from memory; on SQLite still "
+             "readable from disk).")] = 3600.0,
     log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
     import trio
 
     from .core.gate import Gate
+    from .http_guard import raise_open_file_limit
     from .server import serve as serve_gate
     from .store import open_store
 
@@ -111,13 +121,20 @@ def serve(
     if max_body < 1:
         err.print("--max-body: must be at least 1 byte")
         raise typer.Exit(2)
+    if not 0 < body_timeout < float("inf"):
+        err.print("--body-timeout: must be a positive number of seconds")
+        raise typer.Exit(2)
+    if not 0 <= retention < float("inf"):
+        err.print("--retention: must be a number of seconds >= 0")
+        raise typer.Exit(2)
+    raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
     try:
         gate_store = open_store(store)
     except ValueError as error:
         err.print(f"--store: {error}")
         raise typer.Exit(2) from None
-    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}")
+    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention)
     for bot in loaded:
         existing = gate_store.get_bot(bot.id)
         if existing is None:
@@ -135,7 +152,7 @@ def serve(
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
-                shutdown_trigger=stop_requested))
+                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested))
             names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
             err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
 
@@ -144,35 +161,67 @@ def serve(
     err.print("stopped")
 
 
-def _print_summary(frame: pd.DataFrame) -> bool:
-    """Print one table per scenario; return True when every expectation and threshold held."""
+def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:
+    """Print one table per scenario and the verdict line (last on stdout); return the verdicts."""
+    from rich.measure import Measurement
+
+    from .runner.report import case_results, verdict_line
+
+    results = case_results(frame)
+    scenarios: dict[str, list[CaseResult]] = {}
+    for result in results:
+        scenarios.setdefault(result.scenario, []).append(result)
+    for scenario, cases in scenarios.items():
+        table = _wide_table(scenario, cases)
+        # Wide when every column fits without cutting a word (cells may wrap); else one block per case.
+        # (Measured without the console's width limit, which would clamp the measurement.)
+        if Measurement.get(out, out.options.update_width(1 << 16), table).minimum <= out.width:
+            out.print(table)
+        else:
+            _print_stacked(scenario, cases)
+    out.print(verdict_line(results), soft_wrap=True, highlight=False, markup=False)
+    return results
+
+
+def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
     from rich.table import Table
+    from rich.text import Text
 
-    from .runner import summarize
+    table = Table(title=Text(f"scenario {scenario}"), title_justify="left", show_lines=False)
+    for column, justify in (("case", "left"), ("variant", "left"), ("n", "right"), ("success", "right"),
+                            ("failure", "right"), ("timeout", "right"), ("misattr.", "right"),
+                            ("statuses", "left"), ("waited p50/p95", "right"), ("expect", "right"),
+                            ("thresholds", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for result in cases:
+        row = result.summary
+        cells = (result.case, result.variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
+                 f"{row['timeout_rate']:.1%}", f"{row['misattributed_rate']:.1%}", row["statuses"],
+                 f"{row['p50_waited_s']:.2f}/{row['p95_waited_s']:.2f} s", _expectations(row),
+                 row["thresholds"].replace("; ", "\n"))
+        table.add_row(*map(Text, cells), style=None if result.passed else "red")  # Text: names are not markup
+    return table
 
-    summary = summarize(frame)
-    all_ok = True
-    for scenario, rows in summary.groupby("scenario", sort=False):
-        table = Table(title=f"scenario {scenario}", title_justify="left", show_lines=False)
-        for column, justify in (("case", "left"), ("variant", "left"), ("n", "right"), ("success", "right"),
-                                ("failure", "right"), ("timeout", "right"), ("misattr.", "right"),
-                                ("statuses", "left"), ("waited p50/p95", "right"), ("expect", "right"),
-                                ("thresholds", "left")):
-            table.add_column(column, justify=justify)  # type: ignore[arg-type]
-        for row in rows.itertuples():
-            ok = row.expectations_ok and row.thresholds_ok and row.errors == 0
-            all_ok &= ok
-            style = None if ok else "red"
-            table.add_row(
-                str(row.case), str(row.variant), str(row.n),
-                f"{row.success_rate:.1%}", f"{row.failure_rate:.1%}", f"{row.timeout_rate:.1%}",
-                f"{row.misattributed_rate:.1%}", row.statuses,
-                f"{row.p50_waited_s:.2f}/{row.p95_waited_s:.2f} s",
-                row.expectations + (f" ({row.errors} errors)" if row.errors else ""),
-                row.thresholds.replace("; ", "\n"), style=style,
-            )
-        out.print(table)
-    return all_ok
+
+def _expectations(row: dict[str, object]) -> str:
+    return f"{row['expectations']}" + (f" ({row['errors']} errors)" if row["errors"] else "")
+
+
+def _print_stacked(scenario: str, cases: list[CaseResult]) -> None:
+    """The narrow layout: a few short lines per case, nothing cut."""
+    from rich.text import Text
+
+    out.print(Text(f"scenario {scenario}", style="italic"))
+    for result in cases:
+        row = result.summary
+        lines = [
+            f"{'✓' if result.passed else '✗'} {result.label}  n {row['n']}, expect {_expectations(row)}",
+            f"    success {row['success_rate']:.1%}  failure {row['failure_rate']:.1%}  "
+            f"timeout {row['timeout_rate']:.1%}  misattr. {row['misattributed_rate']:.1%}",
+            f"    statuses {row['statuses']}  waited p50/p95 {row['p50_waited_s']:.2f}/{row['p95_waited_s']:.2f} s",
+            *(f"    {text}" for text in row["thresholds"].split("; ") if text != "-"),
+        ]
+        out.print(Text("\n".join(lines), style="" if result.passed else "red"))
 
 
 def _scenario_files(paths: list[Path]) -> list[Path]:
@@ -189,6 +238,8 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
+    api_token: Annotated[str | None, typer.Option(
+        envvar="HARNESS_API_TOKEN", show_envvar=True, help="With --target: the gate's --api-token.")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Virtual time: processes to spread sub-cases (and large cases) over (default: one per core for large runs).")] = None,
     driver: Annotated[str, typer.Option(
@@ -196,9 +247,19 @@ def run(
     dask: Annotated[str | None, typer.Option(
         "--dask", metavar="ADDRESS",
         help="Virtual time: spread the work over the Dask cluster at ADDRESS (tcp://host:8786); needs the dask extra.")] = None,
+    junit_xml: Annotated[Path | None, typer.Option(
+        "--junit-xml", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
+    summary_json: Annotated[Path | None, typer.Option(
+        "--summary-json", help="Write the per-case summary as JSON (SPEC §12).")] = None,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
-    from .runner import InvalidScenario, load_scenario, save_results
+    import time
+
+    import pandas as pd
+
+    from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
+    from .runner.progress import progress_display
+    from .runner.report import write_junit_xml, write_summary_json
 
     if driver not in ("asgi", "core"):
         err.print(f"--driver: one of asgi, core; got {driver!r}")
@@ -206,6 +267,10 @@ def run(
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         err.print(f"--out {out}: results go to a .parquet or .csv file")
         raise typer.Exit(2)
+    for option, report_path in (("--junit-xml", junit_xml), ("--summary-json", summary_json)):
+        if report_path is not None and report_path.is_dir():
+            err.print(f"{option} {report_path}: is a folder; give a file name")
+            raise typer.Exit(2)
     loaded, invalid = [], False
     for path in _scenario_files(scenarios):
         try:
@@ -222,15 +287,31 @@ def run(
     if dask is not None and target is not None:
         err.print("--dask spreads a virtual-time run; it cannot be combined with --target")
         raise typer.Exit(2)
+    frames, durations_s = [], dict[str, float]()
     with contextlib.ExitStack() as stack:
         executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
-        frame = _run_all(loaded, target=target, concurrency=concurrency, workers=workers, driver=driver,
-                         executor=executor)
-    all_ok = _print_summary(frame)
+        for scenario in loaded:
+            total = sum(subcase.conversations for subcase in scenario.subcases)
+            began = time.monotonic()
+            with progress_display(scenario.name, total, console=err) as progress:
+                try:
+                    frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency,
+                                                      workers=workers, executor=executor, driver=driver,
+                                                      progress=progress, api_token=api_token))
+                except RunError as error:
+                    err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
+                    raise typer.Exit(1) from None
+            durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if out is not None:
         save_results(frame, out)
         err.print(f"{len(frame)} rows written to {out}")
-    raise typer.Exit(0 if all_ok else 1)
+    results = _print_summary(frame)
+    if junit_xml is not None:
+        write_junit_xml(results, junit_xml, durations_s=durations_s)
+    if summary_json is not None:
+        write_summary_json(results, summary_json)
+    raise typer.Exit(0 if all(result.passed for result in results) else 1)
 
 
 @contextlib.contextmanager
@@ -248,30 +329,6 @@ def _dask_executor(address: str) -> Iterator[Executor]:
         raise typer.Exit(2) from None
     with client:
         yield client.get_executor()
-
-
-def _run_all(loaded: list[Scenario], *, target: str | None, concurrency: int, workers: int | None, driver: str,
-             executor: Executor | None) -> pd.DataFrame:
-    """Run every scenario with a progress bar on a terminal; one frame of all their rows."""
-    import pandas as pd
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .runner import RunError, run_loaded_scenario
-
-    frames = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as progress:
-        for scenario in loaded:
-            total = sum(subcase.conversations for subcase in scenario.subcases)
-            task = progress.add_task(scenario.name, total=total)
-            try:
-                frames.append(run_loaded_scenario(
-                    scenario, target=target, concurrency=concurrency, workers=workers, driver=driver,
-                    executor=executor, on_conversation_done=functools.partial(progress.advance, task)))
-            except RunError as error:
-                err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
-                raise typer.Exit(1) from None
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 @app.command()
@@ -320,7 +377,7 @@ def report(results: Annotated[Path, typer.Argument(help="A results file from `ha
     except ValueError as error:
         err.print(str(error))
         raise typer.Exit(2) from None
-    raise typer.Exit(0 if _print_summary(frame) else 1)
+    raise typer.Exit(0 if all(result.passed for result in _print_summary(frame)) else 1)
 
 
 def main() -> None:

@@ -25,6 +25,9 @@ from werkzeug.exceptions import HTTPException
 from .core.errors import STATUS_BY_CODE, Refused
 from .core.gate import LATENESS_BUCKETS, Gate
 from .core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
+from .dashboard import register_dashboard
+from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
+from .openapi import openapi_document
 
 __all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
 
@@ -74,11 +77,19 @@ async def read_json_object(limit: int, *, optional: bool = False) -> dict[str, A
     return document
 
 
-def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
-    """Build the quart-trio app serving ``gate``. See SPEC §3–4 for the routes."""
+def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str | None = None,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> QuartTrio:
+    """Build the quart-trio app serving ``gate``. See SPEC §3–4 and §11 for the routes.
+
+    ``api_token`` puts the page, ``/api/…`` and ``/metrics`` behind a bearer token;
+    ``body_timeout`` bounds how long a request body may take (see :mod:`harness.http_guard`,
+    which wraps the app and makes those checks before any route runs).
+    """
     app = QuartTrio("harness")
     app.config.update(MAX_CONTENT_LENGTH=None, PROVIDE_AUTOMATIC_OPTIONS=False)
     app.gate = gate  # type: ignore[attr-defined]
+    app.asgi_app = HttpGuard(  # type: ignore[method-assign,assignment]
+        app.asgi_app, statuses=STATUS_BY_CODE, api_token=api_token, body_timeout=body_timeout)
     webhook_calls: dict[int, int] = {}
     webhooks = WebhookHandler(gate, max_body=max_body)
 
@@ -89,7 +100,9 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         code = re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
-        return json_response({"error": code, "detail": error.description or error.name}, error.code or 500)
+        allow = dict(error.get_headers()).get("Allow")  # a 405 says which methods the path takes
+        return json_response({"error": code, "detail": error.description or error.name}, error.code or 500,
+                             headers={"Allow": allow} if allow else None)
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
@@ -108,6 +121,11 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
+    @app.get("/openapi.json")
+    async def openapi_json() -> Response:
+        webhooks = {bot.id: bot.webhook_blocks() for bot in gate.store.bots()}
+        return json_response(openapi_document(max_body=max_body, protected=bool(api_token), webhooks=webhooks))
+
     @app.post("/api/bots")
     async def create_bot() -> Response:
         document = await read_json_object(max_body)
@@ -125,7 +143,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     async def start_conversation(bot_id: str) -> Response:
         gate.get_bot(bot_id)  # 404 before reading a body we would not use
         document = await read_json_object(max_body, optional=True)
-        conversation = gate.start_conversation(bot_id, document.get("variables"))
+        conversation = await gate.start_conversation_async(bot_id, document.get("variables"))
         return json_response(conversation.as_dict(gate.clock), 201)
 
     @app.get("/api/conversations/<key>")
@@ -137,15 +155,18 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY) -> QuartTrio:
     async def webhook(bot_id: str, block_id: str) -> Response:
         block = webhooks.block(bot_id, block_id)
         body = await read_body(max_body)
-        # From here to the answer there is no await: check and resolution are one atomic step.
-        answer = webhooks.decide(block, bot_id, block_id, media_type=media_type_of(request.headers.get("Content-Type")),
-                                 headers=dict(request.headers), body=body)
+        # Checks and resolution are one atomic step (no await between them); in real time only the
+        # flow after the resolution awaits its scripts, which run off the event loop.
+        answer = await webhooks.decide_async(block, bot_id, block_id,
+                                             media_type=media_type_of(request.headers.get("Content-Type")),
+                                             headers=dict(request.headers), body=body)
         return json_response(answer)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(render_metrics(gate, webhook_calls), content_type="text/plain; version=0.0.4")
 
+    register_dashboard(app, gate)  # GET / (the live page) and GET /api/dashboard
     return app
 
 
@@ -193,6 +214,8 @@ async def serve(
     port: int = 8000,
     max_body: int = DEFAULT_MAX_BODY,
     public_url: str | None = None,
+    api_token: str | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -210,7 +233,8 @@ async def serve(
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = log
-    app = create_app(gate, max_body=max_body)
+    hypercorn_limits(config, body_timeout=body_timeout)
+    app = create_app(gate, max_body=max_body, api_token=api_token, body_timeout=body_timeout)
     async with trio.open_nursery() as nursery:
 
         async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:

@@ -21,6 +21,7 @@ SMALL = {
     "timeout_exploration.ipynb": "conversations = 150\ntimeouts = [5, 30, 120, 300]",
     "key_mismatch.ipynb": "conversations = 40",
     "results_from_file.ipynb": "",
+    "fit_processor_delays.ipynb": "conversations = 150\ntimeouts = [120, 150, 180, 210]",
 }
 
 pytestmark = pytest.mark.slow
@@ -53,3 +54,6 @@ def test_runs_top_to_bottom(path: Path) -> None:
         text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
         assert "The shortest timeout that gives ≥ 99% success for this delay distribution is" in text \
             or "No timeout up to" in text
+    if path.name == "fit_processor_delays.ipynb":
+        text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+        assert "Best fit: lognormal" in text and "observed: " in text  # the shipped data is a lognormal mixture

@@ -119,7 +119,7 @@ colour = "red"
 [[cases]]
 name = "a"
 timeout_s = [10, 301]
-delay_s = {{ dist = "gamma", shape = 2 }}
+delay_s = {{ dist = "pareto", shape = 2 }}
 key = "other"
 [[cases]]
 name = "b"
@@ -139,7 +139,7 @@ signature = []
         "defaults.colour: unknown case field",
         "cases[0] (a).conversations: must be an integer from 1 to 1000000, got 0",
         "cases[0] (a).timeout_s: must be an integer from 1 to 300, got 301",
-        "cases[0] (a).delay_s: dist must be one of fixed, uniform, exponential, lognormal, normal, choice; got 'gamma'",
+        "cases[0] (a).delay_s: dist must be one of fixed, uniform, exponential, lognormal, normal, gamma, weibull, choice, empirical, mixture, never; got 'pareto'",
         "cases[1] (b).conversations: must be an integer from 1 to 1000000, got 0",
         "cases[1] (b).signature: an empty list sweeps nothing",
         "cases[1] (b).block: 'ask' is not a webhook block of bot 'payment'",

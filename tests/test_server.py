@@ -297,7 +297,7 @@ async def test_an_unexpected_error_is_a_json_500_and_the_server_goes_on(client, 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(pay, "deliver", broken)
+    monkeypatch.setattr(pay, "deliver_async", broken)
     response = await client.post(URL, json={"conversation_key": key})
     assert response.status_code == 500
     assert response.json() == {"error": "internal_error", "detail": "unexpected server error"}

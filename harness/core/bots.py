@@ -232,7 +232,7 @@ def _parse_block(block_id: str, raw: Any, all_blocks: dict[str, Any], problems: 
         problems.add(block_id, "block", "must be a table")
         return None
     block_type = raw.get("type")
-    if block_type not in _SHAPES:
+    if not isinstance(block_type, str) or block_type not in _SHAPES:  # a list or table is not hashable
         reason = "missing" if block_type is None else f"unknown type {block_type!r}"
         problems.add(block_id, "type", f"{reason}; one of {', '.join(BLOCK_TYPES)}")
         return None

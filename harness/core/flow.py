@@ -1,33 +1,47 @@
 """The flow engine: runs a conversation's blocks until it waits or ends.
 
-:func:`advance` is synchronous on purpose. Every block type but ``webhook`` finishes at once
-(QuickJS runs in the calling thread within its 0.5 s limit), and a webhook block merely *opens* a
-wait and returns it. Because nothing here awaits, the gate can check a call, resolve a wait and
-run the flow on to its next stop as one atomic step under trio's cooperative scheduling.
+One *step* is one call of :func:`advance` (or :func:`advance_async`): from a start or a wait's
+resolution to the next wait or end. Every block type but ``webhook`` and ``javascript`` finishes
+at once; a webhook block merely *opens* a wait and returns it.
+
+The engine itself is a generator (:func:`_step`) that yields each script it wants run and
+receives the :class:`~harness.core.js.ScriptRun`; two drivers feed it:
+
+* :func:`advance` runs scripts inline. Nothing awaits, so the gate can check a call, resolve a
+  wait and run the flow on as one atomic step under trio's cooperative scheduling; and no
+  thread touches trio's ``MockClock``, which keeps virtual time exact.
+* :func:`advance_async` does the same under ``MockClock``, but in real time runs each script in
+  a worker thread (the binding releases the GIL while JavaScript runs), so a runaway script or a
+  chain of them never holds the event loop: ``/healthz`` and every other request keep being
+  answered. While the flow is inside a step the conversation is ``running``.
+
+Budget: all scripts of one step share :data:`STEP_BUDGET_S` of wall time (``perf_counter``,
+never trio's clock, which may be virtual); each script's limit is the smaller of its own 0.5 s
+and what is left. A step whose budget runs out ends the conversation ``errored``, whatever
+``failure`` edges exist: the budget protects the server, not the flow.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import functools
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
+
+import trio
+import trio.testing
 
 from .bots import Block, Bot
 from .conversations import Conversation, Wait
-from .js import ScriptError, run_script
+from .js import PLACEHOLDER, TIME_LIMIT_S, ScriptRun, as_text, run_script
 
-__all__ = ["MAX_BLOCKS_WITHOUT_WAITING", "advance", "interpolate", "evaluate_condition"]
+__all__ = ["MAX_BLOCKS_WITHOUT_WAITING", "STEP_BUDGET_S", "advance", "advance_async", "interpolate",
+           "evaluate_condition", "scripts_run_inline"]
 
 MAX_BLOCKS_WITHOUT_WAITING = 1000
-_PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False)
+STEP_BUDGET_S = 1.0
+# Below this much budget left, a script is not started: it could not do anything useful.
+_MIN_SCRIPT_S = 0.005
 
 
 def interpolate(template: str, variables: dict[str, Any]) -> str:
@@ -36,7 +50,7 @@ def interpolate(template: str, variables: dict[str, Any]) -> str:
     >>> interpolate("Thanks, we received {{ amount }}.", {"amount": 42})
     'Thanks, we received 42.'
     """
-    return _PLACEHOLDER.sub(lambda match: _as_text(variables.get(match[1])), template)
+    return PLACEHOLDER.sub(lambda match: as_text(variables.get(match[1])), template)
 
 
 def _number(value: Any) -> float | None:
@@ -67,7 +81,7 @@ def evaluate_condition(op: str, actual: Any, expected: Any, present: bool) -> bo
         if left is not None and right is not None:
             same = left == right
         else:
-            same = present and (actual == expected or _as_text(actual) == _as_text(expected))
+            same = present and (actual == expected or as_text(actual) == as_text(expected))
         return same if op == "equals" else not same
     if op in ("gt", "lt"):
         left, right = _number(actual), _number(expected)
@@ -78,22 +92,91 @@ def evaluate_condition(op: str, actual: Any, expected: Any, present: bool) -> bo
         if isinstance(actual, list):
             return expected in actual
         if isinstance(actual, str):
-            return _as_text(expected) in actual
+            return as_text(expected) in actual
         if isinstance(actual, dict):
-            return _as_text(expected) in actual
+            return as_text(expected) in actual
         return False
     raise ValueError(f"unknown condition op {op!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class _Script:
+    """A script the engine wants run: its code, the variables it sees, its time limit."""
+
+    code: str
+    variables: dict[str, Any]
+    time_limit_s: float
+
+
 def advance(conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> Wait | None:
-    """Run ``conversation`` from ``block_id`` until it waits or ends.
+    """Run ``conversation`` from ``block_id`` until it waits or ends; scripts run inline.
 
     Returns the newly opened :class:`Wait` when the conversation stopped at a webhook block (the
     caller arms its deadline), or ``None`` when it completed or errored. ``block_id=None`` ends
     the conversation as completed: that is where an edge-less block leads.
     """
+    engine = _step(conversation, bot, block_id, lambda: now)
+    try:
+        script = next(engine)
+        while True:
+            script = engine.send(run_script(script.code, script.variables, time_limit_s=script.time_limit_s))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def advance_async(conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> Wait | None:
+    """:func:`advance` for a server: in real time each script runs in a worker thread.
+
+    Under ``MockClock`` (see :func:`scripts_run_inline`) it is exactly :func:`advance`, with no
+    await at all.
+    """
+    if scripts_run_inline():
+        return advance(conversation, bot, block_id, now)
+    # Scripts take real time here: a wait opens when its block is reached, not when the step began.
+    engine = _step(conversation, bot, block_id, trio.current_time)
+    # Shielded: a step cut short (a client hanging up) would leave the conversation `running`
+    # for good; the step budget bounds how long the shield can hold.
+    wait: Wait | None = None
+    with trio.CancelScope(shield=True):
+        try:
+            script = next(engine)
+            while True:
+                run = functools.partial(run_script, script.code, dict(script.variables),
+                                        time_limit_s=script.time_limit_s)
+                script = engine.send(await trio.to_thread.run_sync(run, limiter=_script_limiter()))
+        except StopIteration as done:
+            wait = done.value
+    return wait
+
+
+def scripts_run_inline() -> bool:
+    """True under trio's ``MockClock``: a worker thread would let virtual time jump while it works."""
+    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+
+
+_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("harness_script_limiter")
+
+
+def _script_limiter() -> trio.CapacityLimiter:
+    """One script at a time per process: the engine's limit counts the CPU time of the whole
+    process, so scripts running side by side would eat each other's limits."""
+    try:
+        return _LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(1)
+        _LIMITER.set(limiter)
+        return limiter
+
+
+def _step(conversation: Conversation, bot: Bot, block_id: str | None,
+          clock: Callable[[], float]) -> Generator[_Script, ScriptRun, Wait | None]:
+    """The engine: one flow step, yielding each script to run and receiving its result.
+
+    ``clock`` gives trio's time when a webhook block opens its wait.
+    """
     conversation.status = "running"
     steps = 0
+    spent = 0.0  # wall seconds the step's scripts took
     while block_id is not None:
         steps += 1
         if steps > MAX_BLOCKS_WITHOUT_WAITING:
@@ -102,6 +185,7 @@ def advance(conversation: Conversation, bot: Bot, block_id: str | None, now: flo
         block = bot.blocks[block_id]
         conversation.block = block_id
         if block.type == "webhook":
+            now = clock()
             wait = Wait(
                 block=block_id,
                 opened_at=now,
@@ -113,29 +197,44 @@ def advance(conversation: Conversation, bot: Bot, block_id: str | None, now: flo
             return wait
         if block.type == "end":
             break
-        try:
+        if block.type != "javascript":
             block_id = _run_block(conversation, block)
-        except ScriptError as error:
-            if "failure" not in block.edges:
-                _fail(conversation, block.id, f"javascript: {error}")
-                return None
+            continue
+        left = STEP_BUDGET_S - spent
+        if left < _MIN_SCRIPT_S:
+            _fail(conversation, block.id, _BUDGET_SPENT)
+            return None
+        limit = min(TIME_LIMIT_S, left)
+        result = yield _Script(block.config["code"], conversation.variables, limit)
+        spent += result.elapsed_s
+        if result.error is None:
+            assert result.variables is not None
+            conversation.variables.clear()
+            conversation.variables.update(result.variables)
+            block_id = block.edges.get("next")
+        elif result.error.timed_out and limit < TIME_LIMIT_S:
+            _fail(conversation, block.id, _BUDGET_SPENT)  # stopped by the step's budget, not its own
+            return None
+        elif "failure" in block.edges:
             block_id = block.edges["failure"]
+        else:
+            _fail(conversation, block.id, f"javascript: {result.error}")
+            return None
     conversation.status = "completed"
     return None
 
 
+_BUDGET_SPENT = f"javascript: the step's scripts ran out of their {STEP_BUDGET_S:g} s budget"
+
+
 def _run_block(conversation: Conversation, block: Block) -> str | None:
-    """Execute one immediate block and return the id of the next one (``None``: end)."""
+    """Execute one immediate non-script block and return the id of the next one (``None``: end)."""
     config, variables = block.config, conversation.variables
     if block.type == "message":
         conversation.transcript.append({"block": block.id, "text": interpolate(config["text"], variables)})
     elif block.type == "set_variable":
         value = config["value"]
         variables[config["name"]] = interpolate(value, variables) if isinstance(value, str) else value
-    elif block.type == "javascript":
-        updated = run_script(config["code"], variables)
-        variables.clear()
-        variables.update(updated)
     elif block.type == "condition":
         name = config["variable"]
         taken = evaluate_condition(config["op"], variables.get(name), config.get("value"), name in variables)

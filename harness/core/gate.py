@@ -19,6 +19,17 @@ The deadline decides, not the timer: a call at or after the deadline is refused 
 ``wait_expired`` even when the scheduler has not run yet, and the timer then resolves the wait as
 ``failure``/``timeout`` with ``waited_s`` exactly ``timeout_s``.
 
+The same task does two periodic chores, on trio's clock too:
+
+* **Retention** (every :data:`SWEEP_EVERY_S`): conversations that finished (``completed`` or
+  ``errored``) at least ``retention`` seconds ago leave memory — so a finished conversation is gone
+  between ``retention`` and ``retention + 30`` s after it finished. The memory store forgets them
+  (404 from then on); the SQLite store keeps them on disk and loads them again on demand.
+* **Orphaned deadlines** (every :data:`ORPHAN_POLL_S`, only for a store shared between processes):
+  waits whose deadline passed but that nobody resolved — their process was killed or stopped —
+  are found with one indexed query and resolved as ``failure``/``timeout`` through the same
+  compare-and-set commit, so two live processes never both resolve one.
+
 Usage::
 
     gate = Gate(public_url="http://127.0.0.1:8000")
@@ -45,7 +56,7 @@ from ..store import MemoryStore, Store
 from .bots import Block, Bot, InvalidBot, parse_bot
 from .conversations import Conversation, Outcome, Reason, Wait, WallClock, new_conversation_key
 from .errors import Refused
-from .flow import advance
+from .flow import advance, advance_async, scripts_run_inline
 from .jsonsafe import UnsafeValue, check_json_value
 
 __all__ = ["Gate", "Delivery", "GateStats"]
@@ -54,6 +65,11 @@ log = logging.getLogger("harness.gate")
 
 # Timer lateness buckets (seconds) for the metrics histogram.
 RECENT = 50
+DEFAULT_RETENTION_S = 3600.0
+SWEEP_EVERY_S = 30.0
+ORPHAN_POLL_S = 1.0
+ORPHANS_PER_POLL = 1000
+RETRY_AFTER_S = 1.0  # a timeout whose resolution failed (e.g. the database was locked) is retried this soon
 EXPIRY_SLICE_S = 0.05  # the scheduler yields to other tasks after expiring waits for this long
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, math.inf)
 
@@ -91,8 +107,11 @@ class Gate:
     """Holds bots and conversations and decides every webhook call and every timeout."""
 
     def __init__(self, *, store: Store | None = None, public_url: str = "http://127.0.0.1:8000",
-                 clock: WallClock | None = None) -> None:
+                 clock: WallClock | None = None, retention: float = DEFAULT_RETENTION_S) -> None:
+        if not retention >= 0:
+            raise ValueError("retention must be a number of seconds >= 0")
         self.store: Store = store if store is not None else MemoryStore()
+        self.retention = retention
         self.public_url = public_url.rstrip("/")
         self.clock = clock if clock is not None else WallClock()
         self.store.bind(self.clock)
@@ -101,9 +120,12 @@ class Gate:
         self._deadlines: list[tuple[float, int, str, int]] = []
         self._sequence = itertools.count()
         self._wake: trio.Event | None = None
+        # (finished at, key), oldest first: finish times only grow, so the sweep pops from the left.
+        self._finished: deque[tuple[float, str]] = deque()
         # What the live page shows: the latest resolutions and late calls, newest last.
         self.recent_resolutions: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.recent_late_calls: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._nursery: trio.Nursery | None = None  # flows continued after a timeout, in real time
 
     # -- the deadline scheduler ---------------------------------------------------------------
 
@@ -125,16 +147,26 @@ class Gate:
             if conversation.open_wait is not None:
                 self._arm(conversation)
         task_status.started()
+        next_sweep = trio.current_time() + SWEEP_EVERY_S
+        next_poll = trio.current_time() + ORPHAN_POLL_S if self.store.shared else math.inf
         try:
-            while True:
-                while self._expire_due(trio.current_time()):
-                    await trio.sleep(0)  # a long batch (slow scripts): let requests in between
-                next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
-                with trio.move_on_at(next_deadline):
-                    await self._wake.wait()
-                self._wake = trio.Event()
+            async with trio.open_nursery() as self._nursery:
+                while True:
+                    while self._expire_due(trio.current_time()):
+                        await trio.sleep(0)  # a long batch (slow scripts): let requests in between
+                    now = trio.current_time()
+                    if now >= next_poll:
+                        self._resolve_orphans(now)
+                        next_poll = now + ORPHAN_POLL_S
+                    if now >= next_sweep:
+                        self._sweep(now)
+                        next_sweep = now + SWEEP_EVERY_S
+                    next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
+                    with trio.move_on_at(min(next_deadline, next_poll, next_sweep)):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
         finally:
-            self._wake = None
+            self._wake = self._nursery = None
 
     def open_wait_count(self) -> int:
         """Waits open in the store right now."""
@@ -157,12 +189,79 @@ class Gate:
             if time.perf_counter() - started > EXPIRY_SLICE_S:
                 return True
             deadline, _, key, index = heapq.heappop(heap)
-            conversation = self.store.get_conversation(key)
-            if conversation is None or not conversation.waits[index].is_open:
-                continue  # resolved by a call already (here or in another process)
+            try:
+                conversation = self.store.get_conversation(key)
+                if conversation is None or not conversation.waits[index].is_open:
+                    continue  # resolved by a call already (here or in another process)
+                self._time_out(conversation, index, now)
+            except Exception:
+                self._retry_later(key, index, now)
+                continue
             self.stats.observe_lateness(now - deadline)
-            self._resolve(conversation, index, "failure", "timeout", now)
         return False
+
+    def _time_out(self, conversation: Conversation, index: int, now: float) -> None:
+        """Resolve an overdue wait as ``failure``/``timeout`` and run its flow on.
+
+        In real time the flow's scripts run off the event loop, so the resolution continues in a
+        task of its own; until it commits, the passed deadline already refuses calls (410).
+        """
+        if self._nursery is not None and not scripts_run_inline():
+            self._nursery.start_soon(self._time_out_async, conversation, index, now)
+        else:
+            self._resolve(conversation, index, "failure", "timeout", now)
+
+    async def _time_out_async(self, conversation: Conversation, index: int, now: float) -> None:
+        try:
+            await self._resolve_async(conversation, index, "failure", "timeout", now)
+        except Exception:
+            self._retry_later(conversation.key, index, now)
+
+    def _retry_later(self, key: str, index: int, now: float) -> None:
+        """A timeout's resolution failed and rolled back (nothing changed): try again shortly.
+
+        Keeps the scheduler alive for every other wait instead of losing this one's deadline.
+        """
+        log.exception("could not resolve a timed-out wait; retrying", extra={"block_index": index})
+        heapq.heappush(self._deadlines, (now + RETRY_AFTER_S, next(self._sequence), key, index))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _resolve_orphans(self, now: float) -> None:
+        """Resolve overdue waits that no live process's timer covers (see the module docstring).
+
+        A failure (say, the file is locked for longer than SQLite's busy timeout) rolls back and
+        is retried at the next poll; it never stops the scheduler.
+        """
+        try:
+            overdue = self.store.overdue_waits(now, ORPHANS_PER_POLL)
+        except Exception:
+            log.exception("could not look for orphaned waits; retrying at the next poll")
+            return
+        for key, index in overdue:
+            try:
+                conversation = self.store.get_conversation(key)
+                if conversation is None or index >= len(conversation.waits):
+                    continue
+                wait = conversation.waits[index]
+                # Re-checked on trio's clock: the query compared unix seconds, which may round.
+                if not (wait.is_open and wait.deadline <= now and conversation.open_wait is wait):
+                    continue
+                self._time_out(conversation, index, now)
+            except Exception:
+                log.exception("could not resolve an orphaned wait; retrying at the next poll")
+                continue
+            self.stats.observe_lateness(now - wait.deadline)
+
+    def _finished_at(self, conversation: Conversation, now: float) -> None:
+        if conversation.status in ("completed", "errored"):
+            self._finished.append((now, conversation.key))
+
+    def _sweep(self, now: float) -> None:
+        """Let conversations finished at least ``retention`` seconds ago leave memory."""
+        finished = self._finished
+        while finished and finished[0][0] + self.retention <= now:
+            self.store.forget(finished.popleft()[1])
 
     # -- bots ---------------------------------------------------------------------------------
 
@@ -214,8 +313,25 @@ class Gate:
 
         ``variables`` (a JSON object of plain data) are set before the start; refused with
         ``invalid_payload`` when they are not an object, nest deeper than 64 levels or hold
-        strings that are not valid Unicode.
+        strings that are not valid Unicode. Its scripts run inline, holding the caller up to the
+        step's 1 s budget; a server uses :meth:`start_conversation_async`.
         """
+        bot, conversation = self._new_conversation(bot_id, variables)
+        advance(conversation, bot, bot.start, conversation.started_at)
+        return self._started(conversation)
+
+    async def start_conversation_async(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
+        """:meth:`start_conversation` whose scripts, in real time, run off the event loop.
+
+        Under ``MockClock`` it *is* :meth:`start_conversation` (no thread may touch virtual time).
+        """
+        if scripts_run_inline():
+            return self.start_conversation(bot_id, variables)
+        bot, conversation = self._new_conversation(bot_id, variables)
+        await advance_async(conversation, bot, bot.start, conversation.started_at)
+        return self._started(conversation)
+
+    def _new_conversation(self, bot_id: str, variables: dict[str, Any] | None) -> tuple[Bot, Conversation]:
         bot = self.get_bot(bot_id)
         if self._wake is None:
             raise RuntimeError("the gate's scheduler is not running: `await nursery.start(gate.run)` first")
@@ -231,10 +347,13 @@ class Gate:
         conversation = Conversation(key=key, bot=bot.id, url=url, started_at=now)
         conversation.variables.update(variables or {})
         conversation.variables.update({"conversation_key": key, "Conversation URL": url})
-        advance(conversation, bot, bot.start, now)
+        return bot, conversation
+
+    def _started(self, conversation: Conversation) -> Conversation:
         self.store.add_conversation(conversation)
         if conversation.open_wait is not None:
             self._arm(conversation)
+        self._finished_at(conversation, trio.current_time())
         return conversation
 
     def get_conversation(self, key: str) -> Conversation:
@@ -248,7 +367,7 @@ class Gate:
         it has read the outcome and no call to it is left). On the memory store it is then gone
         (404, and a deadline still in the heap is skipped); a store on disk keeps it there.
         """
-        self.store.forget_conversation(key)
+        self.store.forget(key)
 
     def _resolve(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason, now: float,
                  mapped: dict[str, Any] | None = None) -> bool:
@@ -267,11 +386,31 @@ class Gate:
             if not self.store.commit(conversation, resolved_wait=index):
                 return False
         self._resolved(conversation, wait, now)
-        if conversation.open_wait is not None:
-            self._arm(conversation)
+        return True
+
+    async def _resolve_async(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason,
+                             now: float, mapped: dict[str, Any] | None = None) -> bool:
+        """:meth:`_resolve` whose scripts, in real time, run off the event loop.
+
+        The wait is resolved before the first await, so from then on calls find it resolved; the
+        conversation is ``running`` until its step ends.
+        """
+        wait = conversation.waits[index]
+        bot = self.get_bot(conversation.bot)
+        with conversation.rollback_on_error():
+            wait.resolve(outcome, reason, now)
+            conversation.variables.update(mapped or {})
+            await advance_async(conversation, bot, bot.blocks[wait.block].edges[outcome], now)
+            if not self.store.commit(conversation, resolved_wait=index):
+                return False
+        self._resolved(conversation, wait, now)
         return True
 
     def _resolved(self, conversation: Conversation, wait: Wait, now: float) -> None:
+        """Count, show and log a committed resolution; arm the wait the flow opened next, if any."""
+        if conversation.open_wait is not None:
+            self._arm(conversation)
+        self._finished_at(conversation, trio.current_time())
         self.stats.resolutions[(wait.outcome or "", wait.reason or "")] += 1
         self.recent_resolutions.append({
             "at": self.clock.iso(now), "bot": conversation.bot, "block": wait.block,
@@ -300,8 +439,38 @@ class Gate:
         The key is the payload's value at the block's ``key_path``. Refusals, in the contract's
         order: ``unknown_webhook``, ``missing_conversation_key``, ``unknown_conversation``,
         ``wait_expired``, ``not_waiting``. A refusal changes nothing, except that a
-        ``wait_expired`` is recorded in the conversation's ``late_calls``.
+        ``wait_expired`` is recorded in the conversation's ``late_calls``. The flow's scripts run
+        inline; a server uses :meth:`deliver_async`.
         """
+        delivery, now = self._check_call(bot_id, block_id, payload)
+        index = len(delivery.conversation.waits) - 1
+        resolved = self._resolve(delivery.conversation, index, "success", "received", now, delivery.mapped)
+        return self._settled(delivery, resolved, now)
+
+    async def deliver_async(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
+        """:meth:`deliver` whose scripts, in real time, run off the event loop.
+
+        The checks and the resolution still happen with no await between them (atomically); only
+        the flow after the resolution awaits its scripts, the conversation ``running`` meanwhile.
+        Under ``MockClock`` it *is* :meth:`deliver`.
+        """
+        if scripts_run_inline():
+            return self.deliver(bot_id, block_id, payload)
+        delivery, now = self._check_call(bot_id, block_id, payload)
+        index = len(delivery.conversation.waits) - 1
+        resolved = await self._resolve_async(delivery.conversation, index, "success", "received", now, delivery.mapped)
+        return self._settled(delivery, resolved, now)
+
+    def _settled(self, delivery: Delivery, resolved: bool, now: float) -> Delivery:
+        if not resolved:
+            # Another process sharing the store resolved this wait between our read and our write.
+            block_id = delivery.wait.block
+            self._refuse_if_expired(self.get_conversation(delivery.conversation.key), block_id, now)
+            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
+        return delivery
+
+    def _check_call(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> tuple[Delivery, float]:
+        """Every refusal check of a call, in the contract's order; the mapping it would apply."""
         block = self.webhook_block(bot_id, block_id)
         found, key = block.key_path.extract(payload)
         if not found or not isinstance(key, str) or not key:
@@ -326,11 +495,7 @@ class Gate:
                 mapped[variable] = value
             else:
                 missing.append(variable)
-        if not self._resolve(conversation, len(conversation.waits) - 1, "success", "received", now, mapped):
-            # Another process sharing the store resolved this wait between our read and our write.
-            self._refuse_if_expired(self.get_conversation(key), block_id, now)
-            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
-        return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)
+        return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing), now
 
     def _refuse_if_expired(self, conversation: Conversation, block_id: str, now: float) -> None:
         """``wait_expired`` when the latest wait at the block reached its deadline without a valid call.

@@ -25,7 +25,7 @@ import trio
 
 from .bots import Block
 from .errors import Refused
-from .gate import Gate
+from .gate import Delivery, Gate
 from .jsonsafe import MAX_DEPTH, UnsafeValue, check_json_value
 from .signing import SignatureError, verify_headers
 
@@ -121,6 +121,18 @@ class WebhookHandler:
         From the checks to the answer there is no ``await``: the state checks and the resolution
         are one atomic step under trio.
         """
+        payload = self._payload(block, media_type=media_type, headers=headers, body=body)
+        return _answer(self.gate.deliver(bot_id, block_id, payload))
+
+    async def decide_async(self, block: Block, bot_id: str, block_id: str, *, media_type: str,
+                           headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """:meth:`decide` for a server: in real time the flow after the resolution runs its scripts
+        off the event loop (:meth:`Gate.deliver_async`); checks and resolution stay atomic."""
+        payload = self._payload(block, media_type=media_type, headers=headers, body=body)
+        return _answer(await self.gate.deliver_async(bot_id, block_id, payload))
+
+    def _payload(self, block: Block, *, media_type: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """The parsed and verified payload of a call, or ``Refused``: the checks before the state's."""
         if len(body) > self.max_body:
             raise too_large(self.max_body)
         if media_type == JSON_TYPE:
@@ -139,18 +151,22 @@ class WebhookHandler:
                                header_name=block.signature_header)
             except SignatureError as error:
                 raise Refused("invalid_signature", str(error)) from None
-        delivery = self.gate.deliver(bot_id, block_id, payload)
-        return {
-            "status": "accepted",
-            "conversation_key": delivery.conversation.key,
-            "mapped": delivery.mapped,
-            "missing": delivery.missing,
-            "waited_s": delivery.wait.waited_s,
-            "conversation_status": delivery.conversation.status,
-        }
+        return payload
 
     def handle(self, bot_id: str, block_id: str, *, media_type: str, headers: Mapping[str, str],
                body: bytes) -> dict[str, Any]:
         """:meth:`block` then :meth:`decide`: for a caller that holds the whole body already."""
         return self.decide(self.block(bot_id, block_id), bot_id, block_id, media_type=media_type,
                            headers=headers, body=body)
+
+
+def _answer(delivery: Delivery) -> dict[str, Any]:
+    """The 200 answer to an accepted call."""
+    return {
+        "status": "accepted",
+        "conversation_key": delivery.conversation.key,
+        "mapped": delivery.mapped,
+        "missing": delivery.missing,
+        "waited_s": delivery.wait.waited_s,
+        "conversation_status": delivery.conversation.status,
+    }

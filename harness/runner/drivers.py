@@ -230,7 +230,8 @@ class Http11Client:
     sat idle) is sent once more on a fresh one: the server never saw it.
     """
 
-    def __init__(self, base_url: str, *, connections: int, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, connections: int, timeout_s: float = 30.0,
+                 headers: dict[str, str] | None = None) -> None:
         url = httpx.URL(base_url)
         if url.scheme != "http":
             raise ValueError(f"the lean client speaks plain http, not {url.scheme}")
@@ -239,6 +240,7 @@ class Http11Client:
         self.authority = f"{self.host}:{self.port}".encode()
         self.prefix = url.path.rstrip("/")
         self.timeout_s = timeout_s
+        self.fixed = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
         self.slots = trio.Semaphore(connections)
         self.idle: list[_Connection] = []
 
@@ -248,7 +250,7 @@ class Http11Client:
             content = _json_bytes(json)
             headers = {**(headers or {}), "Content-Type": "application/json"}
         body = content or b""
-        fields = [(b"Host", self.authority), (b"Content-Length", str(len(body)).encode())]
+        fields = [(b"Host", self.authority), (b"Content-Length", str(len(body)).encode()), *self.fixed]
         fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
         request = h11.Request(method=method, target=(self.prefix + url).encode(), headers=fields)
         async with self.slots:
@@ -383,10 +385,12 @@ async def in_process(*, max_body: int = 1024 * 1024) -> AsyncIterator[Driver]:
 
 
 @asynccontextmanager
-async def live(url: str, *, concurrency: int = 64) -> AsyncIterator[Driver]:
-    """A running gate at ``url``. ``concurrency`` bounds requests in flight (and connections)."""
+async def live(url: str, *, concurrency: int = 64, api_token: str | None = None) -> AsyncIterator[Driver]:
+    """A running gate at ``url``. ``concurrency`` bounds requests in flight (and connections);
+    ``api_token`` is sent as ``Authorization: Bearer`` (the gate's ``--api-token``)."""
+    headers = {"Authorization": f"Bearer {api_token}"} if api_token else None
     if httpx.URL(url).scheme == "http":
-        lean = Http11Client(url, connections=concurrency)
+        lean = Http11Client(url, connections=concurrency, headers=headers)
         try:
             yield Driver(client=lean, virtual=False, poll_interval_s=0.05)
         finally:
@@ -394,7 +398,8 @@ async def live(url: str, *, concurrency: int = 64) -> AsyncIterator[Driver]:
         return
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(30.0, pool=None)  # waiting for a pooled connection is not an error
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), limits=limits, timeout=timeout,
+                                 headers=headers) as client:
         yield Driver(client=client, virtual=False, in_flight=trio.Semaphore(concurrency), poll_interval_s=0.05)
 
 

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .thresholds import metric_value, parse_threshold
+from .thresholds import AGGREGATES, RATE_METRICS, metric_value, parse_threshold
 
-__all__ = ["COLUMNS", "ResultBlock", "to_frame", "save_results", "load_results", "summarize", "threshold_verdicts"]
+__all__ = ["COLUMNS", "ResultBlock", "to_frame", "save_results", "load_results", "summarize", "summarize_rows",
+           "threshold_verdicts"]
 
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
                "conversation_status", "expected_outcome", "thresholds")
@@ -163,32 +164,44 @@ def _status_counts(statuses: pd.Series) -> str:
     return " ".join(f"{status}×{count}" for status, count in sorted(counts.items())) or "-"
 
 
+def summarize_rows(rows: pd.DataFrame, verdicts: list[tuple[str, bool, float]] | None = None) -> dict[str, Any]:
+    """The summary of one sub-case's rows, as one record (see :func:`summarize`).
+
+    ``verdicts`` are the rows' :func:`threshold_verdicts` when the caller already has them.
+    ``passed`` is the case's verdict: every expectation and threshold held, and no conversation
+    hit an error.
+    """
+    expected = rows["passed"].dropna()
+    verdicts = threshold_verdicts(rows) if verdicts is None else verdicts
+    expectations_ok = bool(expected.all()) if len(expected) else True
+    thresholds_ok = all(ok for _, ok, _ in verdicts)
+    errors = int(rows["error"].notna().sum())
+    first = rows.iloc[0] if len(rows) else {}
+    return {
+        "scenario": first.get("scenario"),
+        "case": first.get("case"),
+        "variant": first.get("variant"),
+        "n": len(rows),
+        **{metric: metric_value(metric, rows) for metric in RATE_METRICS},
+        "statuses": _status_counts(rows["statuses"]),
+        **{f"{aggregate}_waited_s": metric_value(f"{aggregate}(waited_s)", rows) for aggregate in AGGREGATES},
+        "expectations": f"{int(expected.sum())}/{len(expected)}" if len(expected) else "-",
+        "expectations_ok": expectations_ok,
+        "thresholds": "; ".join(f"{'✓' if ok else '✗'} {text} ({value:.4g})" for text, ok, value in verdicts) or "-",
+        "thresholds_ok": thresholds_ok,
+        "errors": errors,
+        "passed": expectations_ok and thresholds_ok and errors == 0,
+    }
+
+
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (scenario, case, variant): rates, statuses, waits, expectations, thresholds."""
-    records = []
+    """One row per (scenario, case, variant): rates, statuses, waits, expectations, thresholds.
+
+    Columns: ``scenario, case, variant, n``, the rates ``success_rate, failure_rate,
+    timeout_rate, misattributed_rate, late_rate``, ``statuses`` (``"200×18 410×2"``),
+    ``p50/p95/p99/mean/max_waited_s``, ``expectations`` (``"18/20"``), ``expectations_ok``,
+    ``thresholds`` (``"✓ success_rate >= 0.9 (0.95)"``), ``thresholds_ok``, ``errors`` and
+    ``passed`` (all of it held).
+    """
     grouped = frame.groupby(["scenario", "case", "variant"], observed=True, sort=False)
-    for (scenario, case, variant), rows in grouped:
-        expected = rows["passed"].dropna()
-        verdicts = threshold_verdicts(rows)
-        records.append(
-            {
-                "scenario": scenario,
-                "case": case,
-                "variant": variant,
-                "n": len(rows),
-                "success_rate": metric_value("success_rate", rows),
-                "failure_rate": metric_value("failure_rate", rows),
-                "timeout_rate": metric_value("timeout_rate", rows),
-                "misattributed_rate": metric_value("misattributed_rate", rows),
-                "late_rate": metric_value("late_rate", rows),
-                "statuses": _status_counts(rows["statuses"]),
-                "p50_waited_s": metric_value("p50(waited_s)", rows),
-                "p95_waited_s": metric_value("p95(waited_s)", rows),
-                "expectations": f"{int(expected.sum())}/{len(expected)}" if len(expected) else "-",
-                "expectations_ok": bool(expected.all()) if len(expected) else True,
-                "thresholds": "; ".join(f"{'✓' if ok else '✗'} {text} ({value:.4g})" for text, ok, value in verdicts) or "-",
-                "thresholds_ok": all(ok for _, ok, _ in verdicts),
-                "errors": int(rows["error"].notna().sum()),
-            }
-        )
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records([summarize_rows(rows) for _, rows in grouped])

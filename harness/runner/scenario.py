@@ -12,7 +12,7 @@ Validation reports every problem at once, each naming the file, the case and the
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,8 @@ def parse_scenario(document: Any, *, base_dir: Path | None = None, source: str =
         merged = {**DEFAULTS, **{k: v for k, v in defaults.items() if k in CASE_FIELDS},
                   **{k: v for k, v in case.items() if k in CASE_FIELDS}}
         subcases.extend(_expand(case_name, position, merged, bot, len(subcases),
-                                lambda f, r, w=where: problem(f"{w}.{f}", r)))
+                                lambda f, r, w=where: problem(f"{w}.{f}", r),
+                                base_dir=base_dir or Path.cwd(), where=f"{source}: {where}"))
 
     if problems:
         raise InvalidScenario(problems)
@@ -213,8 +214,12 @@ def _load_scenario_bot(raw: Any, base_dir: Path, problem: Any) -> Bot | None:
 
 
 def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | None, first_index: int,
-            problem: Any) -> list[SubCase]:
-    """Validate one case's fields and expand its sweeps into sub-cases."""
+            problem: Any, *, base_dir: Path, where: str) -> list[SubCase]:
+    """Validate one case's fields and expand its sweeps into sub-cases.
+
+    ``base_dir`` resolves delay files; ``where`` (``file: cases[i] (name)``) names the case in
+    errors a delay function raises when it is drawn, long after loading.
+    """
     errors: list[str] = []
 
     def bad(field_name: str, reason: str) -> None:
@@ -231,10 +236,12 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
         parsed = []
         for value in raw_values:
             try:
-                parsed.append(_parse_field(name, value))
+                parsed.append(_parse_field(name, value, base_dir))
             except ValueError as error:
                 bad(name, str(error))
         choices[name] = parsed
+    choices["delay_s"] = [replace(delay, where=f"{where}.delay_s") for delay in choices.get("delay_s", [])]
+    delay_labels = _distinct_labels(choices["delay_s"])
 
     block = merged.get("block")
     if bot is not None:
@@ -291,7 +298,8 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
     subcases: list[SubCase] = []
     for combination in itertools.product(*(choices[name] for name in SWEEPABLE)):
         values = dict(zip(SWEEPABLE, combination))
-        variant = ",".join(f"{name}={_label(values[name])}" for name in swept)
+        variant = ",".join(f"{name}={delay_labels[id(values[name])] if name == 'delay_s' else number_label(values[name])}"
+                           for name in swept)
         timeout = values["timeout_s"]
         subcases.append(
             SubCase(
@@ -361,8 +369,14 @@ def _parse_retry(raw: Any, bad: Any) -> Retry | None:
     return Retry(tuple(float(d) for d in delays), on)
 
 
-def _label(value: Any) -> str:
-    return value.label if isinstance(value, Delay) else number_label(value)
+
+def _distinct_labels(delays: list[Delay]) -> dict[int, str]:
+    """Variant labels for a sweep's delays, by ``id``: short (``mixture(2)``) when those differ,
+    else the detailed ones (weights and components), else numbered (``callable(<lambda>)#2``)."""
+    for labels in ([d.label for d in delays], [d.detail for d in delays]):
+        if len(set(labels)) == len(labels):
+            return {id(d): label for d, label in zip(delays, labels)}
+    return {id(d): f"{d.detail}#{position + 1}" for position, d in enumerate(delays)}
 
 
 def _form_value(value: Any) -> bool:
@@ -370,7 +384,7 @@ def _form_value(value: Any) -> bool:
     return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
 
 
-def _parse_field(name: str, value: Any) -> Any:
+def _parse_field(name: str, value: Any, base_dir: Path) -> Any:
     """Validate one (non-list) value of a sweepable field; raise ValueError with the reason."""
     if name == "conversations":
         if not is_integer(value) or not 1 <= value <= MAX_CONVERSATIONS:
@@ -380,7 +394,7 @@ def _parse_field(name: str, value: Any) -> Any:
             raise ValueError(f"must be an integer from 1 to 300, got {value!r}")
     elif name == "delay_s":
         try:
-            return parse_delay(value)
+            return parse_delay(value, base_dir=base_dir)
         except DelayError as error:
             raise ValueError(str(error)) from None
     elif name == "key":

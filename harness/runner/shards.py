@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import pickle
 import queue
 import sys
 from collections.abc import Callable, Iterator
@@ -126,20 +125,15 @@ def _shard_scenario(scenario: Scenario, plans: list[Plan]) -> Scenario:
     return replace(scenario, subcases=[s for s in scenario.subcases if s.index in needed])
 
 
-def refers_to_main(scenario: Scenario) -> bool:
-    """True when the scenario holds something defined in ``__main__`` (a callable delay in a
-    script): a fresh process could not unpickle it without running the script."""
-    return b"__main__" in pickle.dumps(scenario)
-
-
 @contextmanager
 def _script_not_rerun() -> Iterator[None]:
     """Start ``spawn`` processes without re-running the caller's script.
 
     ``spawn`` re-imports the main module of a plain ``python script.py`` in each child (to find
     functions pickled by reference). A script that calls ``run_scenario`` at top level, without a
-    main guard, would then run again in every child and fail. The shards only need ``harness``,
-    so while the pool's processes are started, ``__main__`` shows no file to re-import.
+    main guard, would then run again in every child and fail. The shards only need ``harness``
+    (a callable delay travels by value, see :class:`~harness.runner.distributions.Delay`), so
+    while the pool's processes are started, ``__main__`` shows no file to re-import.
     """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
@@ -156,9 +150,6 @@ def _script_not_rerun() -> Iterator[None]:
 def run_spread(scenario: Scenario, workers: int, *, executor: Executor | None = None, driver: str = "asgi",
                on_conversation_started: Progress = None, on_conversation_done: Progress = None) -> list[ResultBlock]:
     """Run the scenario in ``workers`` processes (or on ``executor``); results in the scenario's order."""
-    if executor is None and refers_to_main(scenario):
-        return run_virtual(scenario, driver=driver, on_conversation_started=on_conversation_started,
-                           on_conversation_done=on_conversation_done)
     reporting = on_conversation_started is not None or on_conversation_done is not None
     if executor is not None:
         groups = plan_shards(scenario, max(1, workers) * PIECES_PER_WORKER)

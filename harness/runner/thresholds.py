@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "RATE_METRICS"]
+__all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "metric_mask", "RATE_METRICS", "AGGREGATES"]
 
 RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate", "late_rate")
-_AGGREGATES = ("p50", "p95", "p99", "mean", "max")
+AGGREGATES = ("p50", "p95", "p99", "mean", "max")
 _COLUMNS = ("waited_s", "delay_s")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
@@ -53,10 +53,10 @@ def parse_threshold(text: str) -> Threshold:
     if metric not in RATE_METRICS:
         aggregate, _, rest = metric.partition("(")
         column = rest.rstrip(")")
-        if aggregate not in _AGGREGATES or column not in _COLUMNS:
+        if aggregate not in AGGREGATES or column not in _COLUMNS:
             raise ThresholdError(
                 f"unknown metric {metric!r}; use {', '.join(RATE_METRICS)} or "
-                f"{'/'.join(_AGGREGATES)} of {' or '.join(_COLUMNS)}, e.g. p95(waited_s)"
+                f"{'/'.join(AGGREGATES)} of {' or '.join(_COLUMNS)}, e.g. p95(waited_s)"
             )
     try:
         limit = float(match["limit"])
@@ -65,21 +65,36 @@ def parse_threshold(text: str) -> Threshold:
     return Threshold(text=text, metric=metric, op=match["op"], limit=limit)
 
 
-def metric_value(metric: str, rows: pd.DataFrame) -> float:
-    """A metric over one (sub-)case's result rows."""
-    if len(rows) == 0:
-        return float("nan")
+def metric_mask(metric: str, rows: pd.DataFrame) -> pd.Series:
+    """For a rate metric: which conversations it counts (the rate is this mask's mean).
+
+    ``late_rate`` counts conversations with at least one 410 ``wait_expired`` answer: from the
+    ``late_calls`` column where the runner recorded it, else from the ``statuses`` column.
+    """
     if metric == "success_rate":
-        return float((rows["outcome"] == "success").mean())
+        return (rows["outcome"] == "success").fillna(False).astype(bool)
     if metric == "failure_rate":
-        return float((rows["outcome"] == "failure").mean())
+        return (rows["outcome"] == "failure").fillna(False).astype(bool)
     if metric == "timeout_rate":
-        return float((rows["reason"] == "timeout").mean())
+        return (rows["reason"] == "timeout").fillna(False).astype(bool)
     if metric == "misattributed_rate":
         resolved_by = rows["resolved_by"]
-        return float((resolved_by.notna() & (resolved_by != rows["conversation"])).fillna(False).mean())
-    if metric == "late_rate":  # conversations with at least one call answered 410 wait_expired
-        return float((rows["late_calls"].fillna(0) > 0).mean())
+        return (resolved_by.notna() & (resolved_by != rows["conversation"])).fillna(False).astype(bool)
+    if metric == "late_rate":
+        from_statuses = rows["statuses"].fillna("").astype(str).map(lambda joined: "410" in joined.split(","))
+        if "late_calls" not in rows.columns:
+            return from_statuses.astype(bool)
+        late_calls = pd.to_numeric(rows["late_calls"], errors="coerce")
+        return ((late_calls > 0) | (late_calls.isna() & from_statuses)).astype(bool)
+    raise ValueError(f"{metric!r} is not a rate metric ({', '.join(RATE_METRICS)})")
+
+
+def metric_value(metric: str, rows: pd.DataFrame) -> float:
+    """A metric over one (sub-)case's result rows; NaN when there is nothing to measure."""
+    if len(rows) == 0:
+        return float("nan")
+    if metric in RATE_METRICS:
+        return float(metric_mask(metric, rows).mean())
     aggregate, _, rest = metric.partition("(")
     values = rows[rest.rstrip(")")].dropna().to_numpy(dtype=float)
     if values.size == 0:

@@ -17,6 +17,10 @@ class Store(Protocol):
     store, :meth:`commit` is the arbiter: it refuses to resolve a wait that is no longer open.
     """
 
+    #: True when other processes may write the same store: the gate then polls
+    #: :meth:`overdue_waits` so no wait outlives its deadline with its own process gone.
+    shared: bool
+
     def bind(self, clock: WallClock) -> None:
         """Called once by the gate: the clock that maps trio time to unix time and back."""
         ...
@@ -35,10 +39,6 @@ class Store(Protocol):
         """The conversation as stored now. Callers may change it and then :meth:`commit` it."""
         ...
 
-    def forget_conversation(self, key: str) -> None:
-        """Drop the conversation from memory; a store on disk keeps it readable there."""
-        ...
-
     def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
         """Persist a conversation whose wait ``resolved_wait`` was just resolved, atomically.
 
@@ -51,6 +51,15 @@ class Store(Protocol):
 
         Nothing else of the conversation changes, so this never competes with a resolution.
         """
+        ...
+
+    def forget(self, key: str) -> None:
+        """Drop a finished conversation from memory (retention). A store on disk keeps it there."""
+        ...
+
+    def overdue_waits(self, now: float, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` open waits (conversation key, wait index) whose deadline is at or before
+        ``now`` (trio time), whoever opened them. Only needed when :attr:`shared`."""
         ...
 
     def waiting_conversations(self) -> Iterable[Conversation]:

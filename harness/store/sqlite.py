@@ -13,12 +13,18 @@
 * Each conversation row carries a version. A process keeps the conversations it has seen and
   reuses its copy while the stored version is unchanged (one indexed read), so within a process
   times stay exact floats of trio's clock; a version bumped by another process means a fresh load.
+  That cache is bounded (least recently used out first, :data:`CACHE_SIZE`), and the gate drops
+  finished conversations from it after their retention: they stay on disk and load on demand.
+* Orphaned deadlines: a partial index on the deadline of open waits lets every live process find
+  overdue waits — including those opened by a process that has died or stopped — with one cheap
+  query a second (:meth:`SqliteStore.overdue_waits`); they resolve through the same :meth:`commit`.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +65,7 @@ CREATE TABLE IF NOT EXISTS waits (
     PRIMARY KEY (key, idx)
 );
 CREATE INDEX IF NOT EXISTS open_waits ON waits(key) WHERE outcome IS NULL;
+CREATE INDEX IF NOT EXISTS open_wait_deadlines ON waits(deadline) WHERE outcome IS NULL;
 CREATE TABLE IF NOT EXISTS late_calls (  -- calls refused with wait_expired (SPEC §8.3)
     key TEXT NOT NULL REFERENCES conversations(key),
     block TEXT NOT NULL,
@@ -69,9 +76,15 @@ CREATE INDEX IF NOT EXISTS late_calls_by_key ON late_calls(key);
 """
 
 
+CACHE_SIZE = 10_000  # conversations kept as live objects per process (the rest load from disk on demand)
+
+
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    shared = True  # other processes may open the same file
+
+    def __init__(self, path: str | Path, *, cache_size: int = CACHE_SIZE) -> None:
         self.path = Path(path)
+        self.cache_size = cache_size
         if self.path.parent and not self.path.parent.exists():
             raise ValueError(f"{self.path}: the folder {self.path.parent} does not exist")
         try:
@@ -84,7 +97,8 @@ class SqliteStore:
             raise ValueError(f"{self.path}: not a usable SQLite database: {error}") from None
         self._clock: WallClock | None = None
         self._bots: dict[str, Bot] = {}  # bots never change once stored, so caching is safe
-        self._seen: dict[str, tuple[int, Conversation]] = {}  # key -> (stored version, our copy)
+        # key -> (stored version, our copy); least recently used first
+        self._seen: OrderedDict[str, tuple[int, Conversation]] = OrderedDict()
 
     def bind(self, clock: WallClock) -> None:
         self._clock = clock
@@ -159,7 +173,7 @@ class SqliteStore:
             db.execute("INSERT INTO conversations (key, bot, version, state) VALUES (?, ?, 1, ?)",
                        (conversation.key, conversation.bot, self._state(conversation)))
             self._insert_waits(db, conversation, 0)
-        self._seen[conversation.key] = (1, conversation)
+        self._remember(conversation.key, 1, conversation)
 
     def get_conversation(self, key: str) -> Conversation | None:
         row = self._db.execute(
@@ -169,11 +183,28 @@ class SqliteStore:
             return None
         seen = self._seen.get(key)
         if seen is not None and seen[0] == row[0] and len(seen[1].late_calls) == row[1]:
+            self._seen.move_to_end(key)
             return seen[1]
         conversation = self._load(key)
         if conversation is not None:
-            self._seen[key] = (row[0], conversation)
+            self._remember(key, row[0], conversation)
         return conversation
+
+    def _remember(self, key: str, version: int, conversation: Conversation) -> None:
+        self._seen[key] = (version, conversation)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.cache_size:
+            self._seen.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)  # still on disk; the next read loads it again
+
+    def overdue_waits(self, now: float, limit: int) -> list[tuple[str, int]]:
+        rows = self._db.execute(
+            "SELECT key, idx FROM waits INDEXED BY open_wait_deadlines"
+            " WHERE outcome IS NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
+            (self.clock.unix(now), limit))
+        return [(key, index) for key, index in rows]
 
     def _load(self, key: str) -> Conversation | None:
         row = self._db.execute("SELECT bot, state FROM conversations WHERE key = ?", (key,)).fetchone()
@@ -202,13 +233,13 @@ class SqliteStore:
         ]
         return conversation
 
-    def forget_conversation(self, key: str) -> None:
-        self._seen.pop(key, None)  # the cached object goes; the file keeps the conversation
-
     def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
         wait = conversation.waits[resolved_wait]
         assert wait.resolved_at is not None
-        version = self._seen[conversation.key][0]  # the gate commits only what it got from us
+        seen = self._seen.get(conversation.key)  # the gate commits only what it got from us
+        if seen is None or seen[1] is not conversation:
+            return False  # not our current copy: cannot vouch for the version it was read at
+        version = seen[0]
         try:
             with self._transaction() as db:
                 claimed = db.execute(
@@ -227,7 +258,7 @@ class SqliteStore:
         except _Lost:
             self._seen.pop(conversation.key, None)  # our copy was changed in memory: forget it
             return False
-        self._seen[conversation.key] = (version + 1, conversation)
+        self._remember(conversation.key, version + 1, conversation)
         return True
 
     def add_late_call(self, conversation: Conversation, late_call: dict[str, Any]) -> None:

@@ -1,0 +1,96 @@
+"""The live page of ``harness serve`` (SPEC §12): ``GET /`` and its data, ``GET /api/dashboard``.
+
+The page is plain HTML, CSS and JavaScript shipped in the package (``harness/static/``): no
+build step, nothing fetched from elsewhere. It polls :func:`snapshot` once a second, same-origin
+and with credentials, so the ``harness_token`` cookie set by ``/?token=…`` goes along when the
+server requires a token; the page never puts the token in a URL it builds. It renders every value
+with ``textContent`` — bot names, ids and blocks come from users.
+
+Countdowns run in the browser between polls: the snapshot carries the server's clock
+(``now_unix``) and each deadline as unix seconds, so the page corrects for its own clock's offset.
+"""
+
+from __future__ import annotations
+
+import heapq
+from importlib.resources import files
+from typing import Any
+
+import trio
+from quart import Response
+from quart_trio import QuartTrio
+
+from .core.gate import Gate
+
+__all__ = ["register_dashboard", "snapshot", "MAX_OPEN_WAITS"]
+
+MAX_OPEN_WAITS = 100  # the soonest deadlines shown; the count covers all of them
+KEY_PREFIX = 8  # as much of a key as the gate's recent resolutions show
+ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+# The page loads only its own files and talks only to its own origin.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def snapshot(gate: Gate) -> dict[str, Any]:
+    """What the page shows, as JSON: bots, open waits (soonest first), recent events, counters."""
+    clock = gate.clock
+    now = trio.current_time()
+    waiting = list(gate.store.waiting_conversations())
+    soonest = heapq.nsmallest(MAX_OPEN_WAITS, (c for c in waiting if c.open_wait is not None),
+                              key=lambda c: c.open_wait.deadline if c.open_wait else 0.0)
+    open_waits = []
+    for conversation in soonest:
+        wait = conversation.open_wait
+        assert wait is not None
+        open_waits.append({
+            "bot": conversation.bot, "block": wait.block, "conversation": conversation.key[:KEY_PREFIX] + "…",
+            "opened_at": clock.iso(wait.opened_at), "timeout_s": wait.timeout_s,
+            "deadline": clock.iso(wait.deadline), "deadline_unix": clock.unix(wait.deadline),
+        })
+    stats = gate.stats
+    resolved = {f"{outcome}/{reason}": count for (outcome, reason), count in sorted(stats.resolutions.items())}
+    return {
+        "now": clock.iso(now),
+        "now_unix": clock.unix(now),
+        "bots": [{"id": bot.id, "name": bot.name, "webhooks": gate.webhook_urls(bot)} for bot in gate.store.bots()],
+        "open_waits": {"count": len(waiting), "shown": open_waits},
+        "recent_resolutions": list(reversed(gate.recent_resolutions)),  # newest first
+        "recent_late_calls": list(reversed(gate.recent_late_calls)),
+        "counters": {
+            "open_waits": len(waiting),
+            "waits_opened": stats.waits_opened,
+            "resolved": resolved,
+            "succeeded": sum(n for (outcome, _), n in stats.resolutions.items() if outcome == "success"),
+            "timed_out": sum(n for (_, reason), n in stats.resolutions.items() if reason == "timeout"),
+            "late_calls": stats.late_calls,
+        },
+    }
+
+
+def _asset(name: str) -> str:
+    return files("harness").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def register_dashboard(app: QuartTrio, gate: Gate) -> None:
+    """Add ``GET /``, ``GET /static/dashboard.{js,css}`` and ``GET /api/dashboard`` to ``app``."""
+    from .server import json_response  # here, not at the top: the server module calls this one
+
+    page = _asset("dashboard.html")
+    assets = {name: _asset(name) for name in ASSETS}
+
+    @app.get("/")
+    async def dashboard_page() -> Response:
+        return Response(page, content_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store",
+                                 "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/static/<name>")
+    async def dashboard_asset(name: str) -> Response:
+        if name not in assets:
+            return json_response({"error": "not_found", "detail": f"no static file {name!r}"}, 404)
+        return Response(assets[name], content_type=ASSETS[name], headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/api/dashboard")
+    async def dashboard_data() -> Response:
+        return json_response(snapshot(gate), headers={"Cache-Control": "no-store"})

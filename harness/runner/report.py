@@ -1,0 +1,276 @@
+"""Verdicts of a run, for people and for CI: one :class:`CaseResult` per case or sub-case.
+
+The ``harness run`` command and the pytest plugin both build their output here, so a failure
+reads the same in a terminal, in a JUnit report and in a pytest report:
+
+- :func:`case_results` — the results frame → one :class:`CaseResult` per (scenario, case, variant);
+- :func:`verdict_line` — ``"3 scenarios, 31 cases: 2 failed (payment/late, signatures/stale)"``;
+- :func:`summary_json` — the SPEC §12 document (``null``, never ``NaN``);
+- :func:`junit_xml` — one ``<testcase>`` per case or sub-case, failures with the same message.
+
+A sub-case is named ``case[variant]`` (``sweep[timeout_s=30]``), and within a run
+``scenario/case[variant]``, the way pytest names the item ``file.toml::case[variant]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .results import summarize_rows, threshold_verdicts
+from .thresholds import AGGREGATES, RATE_METRICS, metric_mask, parse_threshold
+
+__all__ = ["CaseResult", "ThresholdResult", "case_results", "verdict_line", "summary_json", "write_summary_json",
+           "junit_xml", "write_junit_xml", "case_label", "MAX_EXAMPLES"]
+
+MAX_EXAMPLES = 5  # example conversations in a failure message
+MAX_NAMED_FAILURES = 10  # failed cases named in the verdict line before "+N more"
+KEY_PREFIX = 6  # as many characters of a key as the gate's own logs show
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    expr: str
+    value: float | None  # None when there was nothing to measure (e.g. no conversation waited)
+    passed: bool
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """The verdict on one case (or one sub-case of a sweep), and why."""
+
+    scenario: str
+    case: str
+    variant: str
+    summary: dict[str, Any]  # :func:`harness.runner.results.summarize_rows`
+    thresholds: list[ThresholdResult]
+    message: str = ""  # why it failed (empty when it passed): expectations, thresholds, examples
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.summary["passed"])
+
+    @property
+    def label(self) -> str:
+        """``case`` or ``case[variant]``: the name pytest and JUnit give it."""
+        return case_label(self.case, self.variant)
+
+    @property
+    def name(self) -> str:
+        """``scenario/case[variant]``: the name the verdict line gives it."""
+        return f"{self.scenario}/{self.label}"
+
+    def to_json(self) -> dict[str, Any]:
+        """This case's entry in the summary JSON (numbers that cannot be measured are ``None``)."""
+        summary = self.summary
+        return {
+            "case": self.case,
+            "variant": self.variant,
+            "n": int(summary["n"]),
+            "passed": self.passed,
+            **{metric: _number(summary[metric]) for metric in RATE_METRICS},
+            "waited_s": {aggregate: _number(summary[f"{aggregate}_waited_s"]) for aggregate in AGGREGATES},
+            "thresholds": [{"expr": t.expr, "value": t.value, "passed": t.passed} for t in self.thresholds],
+            "expectations": summary["expectations"],
+            "errors": int(summary["errors"]),
+            "statuses": summary["statuses"],
+            "message": self.message or None,
+        }
+
+
+def case_label(case: str, variant: str) -> str:
+    """``case`` for a plain case, ``case[variant]`` for a sub-case of a sweep."""
+    return f"{case}[{variant}]" if variant else case
+
+
+def _number(value: Any) -> float | None:
+    """JSON has no NaN: an unmeasurable figure is ``None``."""
+    if value is None or pd.isna(value):
+        return None
+    return float(value)
+
+
+def case_results(frame: pd.DataFrame) -> list[CaseResult]:
+    """One :class:`CaseResult` per (scenario, case, variant) of a results frame, in run order."""
+    results = []
+    for (scenario, case, variant), rows in frame.groupby(["scenario", "case", "variant"], observed=True, sort=False):
+        verdicts = threshold_verdicts(rows)
+        summary = summarize_rows(rows, verdicts)
+        thresholds = [ThresholdResult(text, _number(value), ok) for text, ok, value in verdicts]
+        examples = [] if summary["passed"] else _examples(rows, thresholds)
+        message = "" if summary["passed"] else _failure_message(rows, summary, thresholds, examples)
+        results.append(CaseResult(str(scenario), str(case), str(variant or ""), summary, thresholds, message, examples))
+    return results
+
+
+def _failure_message(rows: pd.DataFrame, summary: dict[str, Any], thresholds: list[ThresholdResult],
+                     examples: list[dict[str, Any]]) -> str:
+    """What failed, in a few lines: expectations (each distinct problem counted), thresholds, errors, examples."""
+    lines = []
+    failed = rows[_failed_expectations(rows)]
+    if len(failed):
+        checked = int(rows["passed"].notna().sum())
+        lines.append(f"expectations: {len(failed)} of {checked} conversations failed")
+        problems = Counter(problem for text in failed["failure"].dropna() for problem in str(text).split("; "))
+        lines.extend(f"  {problem} ({count}×)" for problem, count in problems.most_common(MAX_EXAMPLES))
+    for threshold in thresholds:
+        if not threshold.passed:
+            measured = "nothing to measure" if threshold.value is None else f"measured {threshold.value:.4g}"
+            lines.append(f"threshold failed: {threshold.expr} ({measured})")
+    if summary["errors"]:
+        first = str(rows["error"].dropna().iloc[0])
+        lines.append(f"errors: {summary['errors']} conversations hit an error, e.g. {first}")
+    if examples:
+        lines.append(f"example conversations ({len(examples)}):")
+        lines.extend("  " + _example_text(example) for example in examples)
+    return "\n".join(lines)
+
+
+def _failed_expectations(rows: pd.DataFrame) -> pd.Series:
+    """Conversations whose expectations failed (``passed`` is a nullable boolean: NA = exploratory)."""
+    return ~rows["passed"].fillna(True).astype(bool)
+
+
+def _examples(rows: pd.DataFrame, thresholds: list[ThresholdResult]) -> list[dict[str, Any]]:
+    """Up to :data:`MAX_EXAMPLES` conversations that show the failure.
+
+    Those that failed an expectation or hit an error first; else those that pulled the first
+    failed threshold the wrong way (e.g. the unsuccessful ones for ``success_rate >= 0.99``,
+    the longest waits for ``p95(waited_s) <= 60``).
+    """
+    culprits = rows[_failed_expectations(rows) | rows["error"].notna()]
+    failed = [t for t in thresholds if not t.passed]
+    if culprits.empty and failed:
+        threshold = parse_threshold(failed[0].expr)
+        wants_more = threshold.op in (">", ">=") or (threshold.op == "==" and (failed[0].value or 0) < threshold.limit)
+        if threshold.metric in RATE_METRICS:
+            counted = metric_mask(threshold.metric, rows)
+            culprits = rows[~counted] if wants_more else rows[counted]
+        else:
+            column = threshold.metric.partition("(")[2].rstrip(")")
+            culprits = rows.dropna(subset=[column]).sort_values(column, ascending=wants_more, kind="stable")
+    return [_example(row) for _, row in culprits.head(MAX_EXAMPLES).iterrows()]
+
+
+def _example(row: pd.Series) -> dict[str, Any]:
+    key = row.get("conversation_key")
+    return {
+        "conversation": int(row["conversation"]),
+        "key": None if pd.isna(key) else f"{str(key)[:KEY_PREFIX]}…",
+        "statuses": str(row.get("statuses") or ""),
+        "outcome": None if pd.isna(row.get("outcome")) else str(row["outcome"]),
+        "reason": None if pd.isna(row.get("reason")) else str(row["reason"]),
+        "waited_s": _number(row.get("waited_s")),
+        "failure": None if pd.isna(row.get("failure")) else str(row["failure"]),
+        "error": None if pd.isna(row.get("error")) else str(row["error"]),
+    }
+
+
+def _example_text(example: dict[str, Any]) -> str:
+    outcome = example["outcome"] or "unresolved"
+    if example["reason"]:
+        outcome += f" ({example['reason']})"
+    text = (f"#{example['conversation']} key {example['key'] or '-'} statuses {example['statuses'] or '-'} "
+            f"outcome {outcome}")
+    if example["waited_s"] is not None:
+        text += f" waited {example['waited_s']:.3g} s"
+    detail = example["failure"] or example["error"]
+    return f"{text}: {detail}" if detail else text
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def verdict_line(results: list[CaseResult]) -> str:
+    """``"1 scenario, 2 cases: all passed"`` / ``"3 scenarios, 31 cases: 2 failed (payment/late, …)"``.
+
+    Sub-cases count one by one; at most :data:`MAX_NAMED_FAILURES` failures are named.
+
+    >>> verdict_line([])
+    '0 scenarios, 0 cases: all passed'
+    """
+    scenarios = len({result.scenario for result in results})
+    counts = f"{_plural(scenarios, 'scenario')}, {_plural(len(results), 'case')}"
+    failed = [result.name for result in results if not result.passed]
+    if not failed:
+        return f"{counts}: all passed"
+    named = failed[:MAX_NAMED_FAILURES]
+    if len(failed) > len(named):
+        named.append(f"+{len(failed) - len(named)} more")
+    return f"{counts}: {len(failed)} failed ({', '.join(named)})"
+
+
+def summary_json(results: list[CaseResult]) -> dict[str, Any]:
+    """``{"passed", "scenarios": [{"name", "passed", "cases": [...]}]}`` (SPEC §12), plus ``verdict``."""
+    scenarios: dict[str, list[CaseResult]] = {}
+    for result in results:
+        scenarios.setdefault(result.scenario, []).append(result)
+    return {
+        "passed": all(result.passed for result in results),
+        "verdict": verdict_line(results),
+        "scenarios": [
+            {"name": name, "passed": all(r.passed for r in cases), "cases": [r.to_json() for r in cases]}
+            for name, cases in scenarios.items()
+        ],
+    }
+
+
+def write_summary_json(results: list[CaseResult], path: str | Path) -> None:
+    """Write :func:`summary_json` (creating missing folders); ``allow_nan=False`` guarantees strict JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        json.dump(summary_json(results), file, indent=2, allow_nan=False, ensure_ascii=False)
+        file.write("\n")
+
+
+def junit_xml(results: list[CaseResult], *, durations_s: dict[str, float] | None = None) -> ET.ElementTree:
+    """A JUnit report: one ``<testsuite>`` per scenario, one ``<testcase>`` per case or sub-case.
+
+    A failed case has a ``<failure>`` whose ``message`` is its first line and whose text is the
+    whole :attr:`CaseResult.message`. ``durations_s`` (scenario → seconds) fills ``time``.
+    """
+    durations_s = durations_s or {}
+    root = ET.Element("testsuites", name="harness")
+    suites: dict[str, ET.Element] = {}
+    for result in results:
+        suite = suites.get(result.scenario)
+        if suite is None:
+            suite = suites[result.scenario] = ET.SubElement(root, "testsuite", name=result.scenario)
+        testcase = ET.SubElement(suite, "testcase", classname=result.scenario, name=result.label)
+        properties = ET.SubElement(testcase, "properties")
+        for metric in ("n", *RATE_METRICS, "p95_waited_s"):
+            value = result.summary[metric]
+            if not (isinstance(value, float) and math.isnan(value)):
+                ET.SubElement(properties, "property", name=metric, value=f"{value:.6g}")
+        if not result.passed:
+            failure = ET.SubElement(testcase, "failure", message=result.message.splitlines()[0] if result.message else "failed")
+            failure.text = result.message
+    for name, suite in suites.items():
+        cases = [r for r in results if r.scenario == name]
+        suite.set("tests", str(len(cases)))
+        suite.set("failures", str(sum(not r.passed for r in cases)))
+        suite.set("errors", "0")
+        suite.set("time", f"{durations_s.get(name, 0.0):.3f}")
+    root.set("tests", str(len(results)))
+    root.set("failures", str(sum(not r.passed for r in results)))
+    root.set("errors", "0")
+    root.set("time", f"{sum(durations_s.values()):.3f}")
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def write_junit_xml(results: list[CaseResult], path: str | Path, *, durations_s: dict[str, float] | None = None) -> None:
+    """Write :func:`junit_xml` to ``path`` (UTF-8, with an XML declaration; missing folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    junit_xml(results, durations_s=durations_s).write(path, encoding="utf-8", xml_declaration=True)
