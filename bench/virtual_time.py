@@ -1,11 +1,12 @@
 """Virtual-time runner throughput against a bare loop making the same requests.
 
-Both sides run under ``trio.testing.MockClock(autojump_threshold=0)`` and talk to a quart-trio
-app through the same ``httpx.ASGITransport``. The bare side's app answers the same four routes
-with canned JSON and no gate logic; its loop makes, per conversation, the same requests as the
-runner: start the conversation, call the webhook after the delay, read the conversation back
-after the deadline. The ratio (runner conversations/s ÷ bare conversations/s) is the cost of the
-gate, the flow engine and the runner's bookkeeping on top of the framework.
+Both sides run under ``trio.testing.MockClock(autojump_threshold=0)`` and call a quart-trio app's
+ASGI callable the same way (:class:`harness.runner.drivers.AsgiClient`). The bare side's app
+answers the same routes with canned JSON and no gate logic; its loop makes, per conversation, the
+same requests as the runner's ``asgi`` driver: start the conversation, call the webhook after the
+delay (the runner reads outcomes from its in-process gate, not over HTTP). The ratio (runner
+conversations/s ÷ bare conversations/s) is the cost of the gate, the flow engine and the runner's
+bookkeeping on top of the framework.
 
     python3 -m bench.virtual_time              # 1k, 10k, 50k conversations; sharding at 4k, 20k
     python3 -m bench.virtual_time --quick      # 300; sharding at 4k, for CI
@@ -20,7 +21,6 @@ import itertools
 import json
 import time
 
-import httpx
 import numpy as np
 import trio
 import trio.testing
@@ -28,6 +28,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from harness.runner import run_scenario
+from harness.runner.drivers import AsgiClient
 
 from ._report import header, row
 
@@ -68,33 +69,25 @@ def bare_app() -> QuartTrio:
         body = json.loads(await request.get_data())
         return answer({"status": "accepted", "conversation_key": body["conversation_key"]})
 
-    @app.get("/api/conversations/<key>")
-    async def conversation(key: str) -> Response:
-        return answer({"conversation_key": key, "status": "completed",
-                       "waits": [{"block": "wait_payment", "outcome": "failure", "reason": "timeout", "waited_s": 300.0}]})
-
     return app
 
 
 async def bare_loop(conversations: int) -> None:
     delays = np.random.default_rng(1).uniform(0, 400, conversations)
-    transport = httpx.ASGITransport(app=bare_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://bare") as client:
+    client = AsgiClient(bare_app())
 
-        async def one(delay: float) -> None:
-            started = await client.post("/api/bots/bare/conversations")
-            opened_at = trio.current_time()
-            key = started.json()["conversation_key"]
-            await trio.sleep_until(opened_at + delay)
-            body = json.dumps({**PAYLOAD, "conversation_key": key}).encode()
-            await client.post("/webhooks/bare/wait", content=body, headers={"Content-Type": "application/json"})
-            await trio.sleep_until(opened_at + TIMEOUT_S)
-            (await client.get(f"/api/conversations/{key}")).json()
+    async def one(delay: float) -> None:
+        started = await client.request("POST", "/api/bots/bare/conversations")
+        opened_at = trio.current_time()
+        key = started.json()["conversation_key"]
+        await trio.sleep_until(opened_at + delay)
+        body = json.dumps({**PAYLOAD, "conversation_key": key}).encode()
+        await client.request("POST", "/webhooks/bare/wait", content=body, headers={"Content-Type": "application/json"})
 
-        await client.post("/api/bots", json={})
-        async with trio.open_nursery() as nursery:
-            for delay in delays:
-                nursery.start_soon(one, float(delay))
+    await client.request("POST", "/api/bots", json={})
+    async with trio.open_nursery() as nursery:
+        for delay in delays:
+            nursery.start_soon(one, float(delay))
 
 
 def sweep_scenario(conversations: int) -> dict:

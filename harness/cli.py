@@ -5,13 +5,15 @@ Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input file is
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import gc
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +21,7 @@ import typer
 from rich.console import Console
 
 from .core.bots import Bot, InvalidBot, load_bot
+from .gc_tuning import keep_long_lived_state_out_of_gc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,23 +69,6 @@ def bot_files(paths: list[Path]) -> list[Path]:
         else:
             files.append(path)
     return files
-
-
-def keep_long_lived_state_out_of_gc() -> None:
-    """Stop full garbage collections from rescanning every conversation the gate holds.
-
-    A gate keeps all its conversations for its whole life. CPython's full collections walk every
-    tracked object, so with tens of thousands of conversations each one paused the server for
-    tens of milliseconds (the p99 of bench/http_throughput). Freezing what survives a full
-    collection moves it to the permanent generation: later collections scan only new objects.
-    """
-    gc.freeze()
-
-    def freeze_survivors(phase: str, info: dict[str, int]) -> None:
-        if phase == "stop" and info["generation"] == 2:
-            gc.freeze()
-
-    gc.callbacks.append(freeze_survivors)
 
 
 def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
@@ -255,9 +241,12 @@ def run(
     api_token: Annotated[str | None, typer.Option(
         envvar="HARNESS_API_TOKEN", show_envvar=True, help="With --target: the gate's --api-token.")] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Virtual time: processes to spread sub-cases over (default: one per core for large runs).")] = None,
+        help="Virtual time: processes to spread sub-cases (and large cases) over (default: one per core for large runs).")] = None,
     driver: Annotated[str, typer.Option(
         help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
+    dask: Annotated[str | None, typer.Option(
+        "--dask", metavar="ADDRESS",
+        help="Virtual time: spread the work over the Dask cluster at ADDRESS (tcp://host:8786); needs the dask extra.")] = None,
     junit_xml: Annotated[Path | None, typer.Option(
         "--junit-xml", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
     summary_json: Annotated[Path | None, typer.Option(
@@ -295,18 +284,24 @@ def run(
             err.print("no scenario files given")
         raise typer.Exit(2)
 
+    if dask is not None and target is not None:
+        err.print("--dask spreads a virtual-time run; it cannot be combined with --target")
+        raise typer.Exit(2)
     frames, durations_s = [], dict[str, float]()
-    for scenario in loaded:
-        total = sum(subcase.conversations for subcase in scenario.subcases)
-        began = time.monotonic()
-        with progress_display(scenario.name, total, console=err) as progress:
-            try:
-                frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency, workers=workers,
-                                                  driver=driver, progress=progress, api_token=api_token))
-            except RunError as error:
-                err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
-                raise typer.Exit(1) from None
-        durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
+    with contextlib.ExitStack() as stack:
+        executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
+        for scenario in loaded:
+            total = sum(subcase.conversations for subcase in scenario.subcases)
+            began = time.monotonic()
+            with progress_display(scenario.name, total, console=err) as progress:
+                try:
+                    frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency,
+                                                      workers=workers, executor=executor, driver=driver,
+                                                      progress=progress, api_token=api_token))
+                except RunError as error:
+                    err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
+                    raise typer.Exit(1) from None
+            durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if out is not None:
         save_results(frame, out)
@@ -317,6 +312,23 @@ def run(
     if summary_json is not None:
         write_summary_json(results, summary_json)
     raise typer.Exit(0 if all(result.passed for result in results) else 1)
+
+
+@contextlib.contextmanager
+def _dask_executor(address: str) -> Iterator[Executor]:
+    """A ``concurrent.futures`` executor on the Dask cluster at ``address``."""
+    try:
+        from distributed import Client
+    except ImportError:
+        err.print("--dask needs Dask: python3 -m pip install 'webhook-gate-harness[dask]'")
+        raise typer.Exit(2) from None
+    try:
+        client = Client(address, timeout=10)
+    except OSError as error:
+        err.print(f"--dask {address}: cannot reach the scheduler: {error}")
+        raise typer.Exit(2) from None
+    with client:
+        yield client.get_executor()
 
 
 @app.command()

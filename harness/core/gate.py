@@ -362,6 +362,13 @@ class Gate:
             raise Refused("unknown_conversation", "no conversation has that key")
         return conversation
 
+    def forget(self, key: str) -> None:
+        """Let a conversation go from memory: its owner is done with it (the in-process runner, once
+        it has read the outcome and no call to it is left). On the memory store it is then gone
+        (404, and a deadline still in the heap is skipped); a store on disk keeps it there.
+        """
+        self.store.forget(key)
+
     def _resolve(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason, now: float,
                  mapped: dict[str, Any] | None = None) -> bool:
         """Resolve wait ``index``, run the flow on along its edge, and commit it all as one step.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,10 +19,10 @@ import trio
 
 from .drivers import DRIVERS, live
 from .engine import execute
-from .progress import NO_PROGRESS, NotebookProgress, Progress, reporting_to
-from .results import to_frame
+from .progress import NO_PROGRESS, NotebookProgress, Progress
+from .results import ResultBlock, to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
-from .shards import auto_workers, run_sharded, run_virtual
+from .shards import auto_workers, run_spread, run_virtual
 
 __all__ = ["run_scenario", "run_loaded_scenario", "as_scenario"]
 
@@ -48,7 +48,7 @@ def _outside_any_event_loop(function: Callable[[], T]) -> T:
     except RuntimeError:
         return function()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="harness-trio") as pool:
-        # The worker thread gets this context, so it reports to the same progress display.
+        # The worker thread gets this context (context variables of the caller stay visible).
         return pool.submit(contextvars.copy_context().run, function).result()
 
 
@@ -56,9 +56,11 @@ def run_loaded_scenario(
     scenario: Scenario,
     *,
     target: str | None = None,
+    on_conversation_started: Callable[[], None] | None = None,
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
     workers: int | None = None,
+    executor: Executor | None = None,
     driver: str = "asgi",
     progress: Progress = NO_PROGRESS,
     api_token: str | None = None,
@@ -66,35 +68,45 @@ def run_loaded_scenario(
     """Run a validated scenario; see :func:`run_scenario`.
 
     ``progress`` hears of every conversation that starts and finishes (see
-    :mod:`harness.runner.progress`); ``on_conversation_done`` is called as each one finishes.
+    :mod:`harness.runner.progress`); the callbacks are called once per conversation too, when its
+    start returns and when its row is written — from shard processes as well, in batches.
     """
     if driver not in DRIVERS:
         raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
-    done = on_conversation_done
+    on_started, on_done = on_conversation_started, on_conversation_done
+    if progress is not NO_PROGRESS:
 
-    def finished() -> None:
-        progress.finished()
-        if done is not None:
-            done()
+        def started() -> None:
+            progress.started()
+            if on_conversation_started is not None:
+                on_conversation_started()
 
-    with reporting_to(progress):
-        return _run(scenario, target, done if progress is NO_PROGRESS else finished, concurrency, workers, driver,
-                    api_token)
+        def finished() -> None:
+            progress.finished()
+            if on_conversation_done is not None:
+                on_conversation_done()
+
+        on_started, on_done = started, finished
+    return _run(scenario, target, on_started, on_done, concurrency, workers, executor, driver, api_token)
 
 
-def _run(scenario: Scenario, target: str | None, on_conversation_done: Callable[[], None] | None,
-         concurrency: int, workers: int | None, driver: str, api_token: str | None) -> pd.DataFrame:
+def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] | None,
+         on_done: Callable[[], None] | None, concurrency: int, workers: int | None, executor: Executor | None,
+         driver: str, api_token: str | None) -> pd.DataFrame:
     if target is not None:
 
-        async def real_time() -> list[dict[str, Any]]:
-            async with live(target, concurrency=concurrency, api_token=api_token) as driver:
-                return await execute(scenario, driver, on_conversation_done=on_conversation_done)
+        async def real_time() -> list[ResultBlock]:
+            async with live(target, concurrency=concurrency, api_token=api_token) as gate_driver:
+                return await execute(scenario, gate_driver, on_conversation_started=on_started,
+                                     on_conversation_done=on_done)
 
         return to_frame(_outside_any_event_loop(lambda: trio.run(real_time)))
     processes = auto_workers(scenario) if workers is None else max(1, workers)
-    if processes > 1 and len(scenario.subcases) > 1:
-        return to_frame(run_sharded(scenario, processes, on_conversation_done, driver=driver))
-    return to_frame(_outside_any_event_loop(lambda: run_virtual(scenario, on_conversation_done, driver=driver)))
+    if executor is not None or processes > 1:
+        return to_frame(run_spread(scenario, processes, executor=executor, driver=driver,
+                                   on_conversation_started=on_started, on_conversation_done=on_done))
+    return to_frame(_outside_any_event_loop(lambda: run_virtual(
+        scenario, driver=driver, on_conversation_started=on_started, on_conversation_done=on_done)))
 
 
 def run_scenario(
@@ -103,6 +115,7 @@ def run_scenario(
     target: str | None = None,
     seed: int | None = None,
     workers: int | None = None,
+    executor: Executor | None = None,
     driver: str = "asgi",
     progress: bool = False,
     api_token: str | None = None,
@@ -110,22 +123,24 @@ def run_scenario(
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
 
     Without ``target``: a fresh in-process gate in virtual time (a 300 s timeout costs
-    milliseconds); large runs spread their sub-cases over one process per core (``workers``
-    overrides; the rows are the same either way). With ``target="http://127.0.0.1:8000"``: in
-    real time against that live gate (``api_token``: its ``--api-token``). ``seed`` overrides the file's seed.
-    ``driver`` picks how
-    a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in process) or ``"core"`` (the
-    same webhook handling without HTTP framing; same rows, faster). ``progress=True`` shows a bar
-    of conversations started and finished (a widget in Jupyter). Raises
-    ``InvalidScenario`` listing every problem::
+    milliseconds); large runs spread their sub-cases, and the conversations of large cases, over
+    one process per core (``workers`` overrides; the rows are the same either way).
+    ``executor`` runs the pieces on any ``concurrent.futures.Executor`` instead, e.g. a Dask
+    cluster's ``client.get_executor()``. With ``target="http://127.0.0.1:8000"``: in real time
+    against that live gate (``api_token``: its ``--api-token``). ``seed`` overrides the file's
+    seed. ``driver`` picks how a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in
+    process) or ``"core"`` (the same webhook handling without HTTP framing; same rows, faster).
+    ``progress=True`` shows a bar of conversations started and finished (a widget in Jupyter).
+    Raises ``InvalidScenario`` listing every problem::
 
         frame = run_scenario("scenarios/payment.toml")
         frame.groupby("case", observed=True)["outcome"].value_counts()
     """
     scenario = as_scenario(path_or_dict, seed=seed)
     if not progress:
-        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver, api_token=api_token)
+        return run_loaded_scenario(scenario, target=target, workers=workers, executor=executor, driver=driver,
+                                   api_token=api_token)
     total = sum(subcase.conversations for subcase in scenario.subcases)
     with NotebookProgress(scenario.name, total) as bar:
-        return run_loaded_scenario(scenario, target=target, workers=workers, driver=driver, progress=bar,
-                                   api_token=api_token)
+        return run_loaded_scenario(scenario, target=target, workers=workers, executor=executor, driver=driver,
+                                   progress=bar, api_token=api_token)

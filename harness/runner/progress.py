@@ -15,26 +15,20 @@ Displays (context managers; leaving one prints its last state):
 
 :func:`progress_display` picks the first two by whether the stream is a terminal.
 
-Until the engine takes a ``Progress`` argument, it finds the one in charge through
-:func:`current` (a context variable, which trio tasks inherit), set with :func:`reporting_to`;
-finishes go through the engine's ``on_conversation_done`` callback.
-
-Work spread over processes reports its finishes in batches and no starts, so every display
-shows ``started`` as at least ``finished``.
+``run_loaded_scenario(..., progress=P)`` hands ``P.started`` and ``P.finished`` to the engine as
+its ``on_conversation_started`` / ``on_conversation_done`` callbacks; work spread over processes
+reports both in batches (per finished shard on a foreign executor).
 """
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import TracebackType
 from typing import IO, Any, Protocol, runtime_checkable
 
 __all__ = ["Progress", "NO_PROGRESS", "Counts", "TerminalProgress", "PlainProgress", "NotebookProgress",
-           "progress_display", "current", "reporting_to"]
+           "progress_display"]
 
 
 @runtime_checkable
@@ -57,24 +51,6 @@ class _NoProgress:
 
 
 NO_PROGRESS: Progress = _NoProgress()
-
-_current: contextvars.ContextVar[Progress] = contextvars.ContextVar("harness_progress", default=NO_PROGRESS)
-
-
-def current() -> Progress:
-    """The :class:`Progress` the running code reports to (:data:`NO_PROGRESS` if none)."""
-    return _current.get()
-
-
-@contextmanager
-def reporting_to(progress: Progress) -> Iterator[Progress]:
-    """Make ``progress`` the one :func:`current` returns in this context (and trio runs started in it)."""
-    token = _current.set(progress)
-    try:
-        yield progress
-    finally:
-        _current.reset(token)
-
 
 class Counts:
     """Thread-safe started/finished counters out of ``total``: the base of every display."""

@@ -2,39 +2,86 @@
 
 Columns (SPEC §6 and a few more): ``scenario, case, variant, conversation, conversation_key,
 bot, block, conversations, timeout_s, delay_s, key, calls, call_gap_s, signature,
-arrival_rate, started_at_s, first_call_s, statuses, first_status, outcome, reason, waited_s, resolved_by,
-conversation_status, expected_outcome, expected_status, passed, failure, thresholds, error``.
+arrival_rate, started_at_s, first_call_s, statuses, first_status, late_calls, outcome, reason, waited_s,
+resolved_by, conversation_status, expected_outcome, expected_status, passed, failure, thresholds, error``.
 
 Text columns with few values are categoricals; counts that may be missing are nullable
 ``Int64``; ``passed`` is a nullable boolean (NA for exploratory cases); ``statuses`` lists
-every call's status, comma-separated, in call order; ``delay_s`` is NaN for ``never``.
+every call's status, comma-separated, in call order (retries included); ``late_calls`` counts the
+conversation's calls answered 410 ``wait_expired``; ``delay_s`` is NaN for ``never``.
+
+The runner hands over :class:`ResultBlock` objects, one per (slice of a) sub-case, column by
+column: the sub-case's settings once, per-conversation values as compact arrays. A finished
+conversation costs a few hundred bytes there, not a dict of thirty boxed values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .thresholds import AGGREGATES, RATE_METRICS, metric_value, parse_threshold
 
-__all__ = ["COLUMNS", "to_frame", "save_results", "load_results", "summarize", "summarize_rows", "threshold_verdicts"]
+__all__ = ["COLUMNS", "ResultBlock", "to_frame", "save_results", "load_results", "summarize", "summarize_rows",
+           "threshold_verdicts"]
 
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
                "conversation_status", "expected_outcome", "thresholds")
-_NULLABLE_INTS = ("conversations", "timeout_s", "calls", "first_status", "resolved_by", "expected_status")
+_NULLABLE_INTS = ("conversations", "timeout_s", "calls", "first_status", "late_calls", "resolved_by", "expected_status")
 _FLOATS = ("delay_s", "call_gap_s", "arrival_rate", "started_at_s", "first_call_s", "waited_s")
 _STRINGS = ("conversation_key", "statuses", "failure", "error")
 COLUMNS = ("scenario", "case", "variant", "conversation", "conversation_key", "bot", "block", "conversations",
            "timeout_s", "delay_s", "key", "calls", "call_gap_s", "signature", "arrival_rate", "started_at_s",
-           "first_call_s", "statuses", "first_status", "outcome", "reason", "waited_s", "resolved_by", "conversation_status",
+           "first_call_s", "statuses", "first_status", "late_calls", "outcome", "reason", "waited_s", "resolved_by", "conversation_status",
            "expected_outcome", "expected_status", "passed", "failure", "thresholds", "error")
 
 
-def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows from the runner → the typed results DataFrame."""
-    frame = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
+@dataclass
+class ResultBlock:
+    """Consecutive rows of one sub-case, by column.
+
+    ``constants`` holds the columns every row shares (scenario, case, settings, expectations);
+    ``columns`` holds one sequence of ``length`` values per other column (numpy arrays for numbers,
+    with NaN / -1 / 0 standing for "none" as :meth:`frame` documents, lists for text).
+    """
+
+    length: int
+    constants: dict[str, Any]
+    columns: dict[str, Any] = field(default_factory=dict)
+    sort_key: tuple[int, int] = (0, 0)  # (sub-case position, first conversation): where it goes
+
+    def frame(self) -> pd.DataFrame:
+        """The block as untyped columns; -1 in ``resolved_by``/``passed`` and 0 in ``first_status`` mean none."""
+        data: dict[str, Any] = {}
+        for name in COLUMNS:
+            if name in self.columns:
+                data[name] = self.columns[name]
+            else:
+                data[name] = [self.constants.get(name)] * self.length
+        for name, none in (("resolved_by", -1), ("first_status", 0)):
+            values = np.asarray(data[name], dtype="int64")
+            data[name] = pd.array(np.where(values == none, 0, values), dtype="Int64")
+            data[name][values == none] = pd.NA
+        passed = np.asarray(data["passed"], dtype="int8") if "passed" in self.columns else None
+        if passed is not None:
+            data["passed"] = pd.array(passed == 1, dtype="boolean")
+            data["passed"][passed == -1] = pd.NA
+        return pd.DataFrame(data, columns=list(COLUMNS))
+
+
+def to_frame(rows: Sequence[ResultBlock] | Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Results from the runner (blocks, or plain row dicts) → the typed results DataFrame."""
+    blocks = [block for block in rows if isinstance(block, ResultBlock)]
+    if blocks:
+        blocks.sort(key=lambda block: block.sort_key)
+        frame = pd.concat([block.frame() for block in blocks], ignore_index=True)
+    else:
+        frame = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
     return _apply_dtypes(frame)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.bots import TIMEOUT_RANGE, Bot, InvalidBot, is_integer, load_bot, parse_bot, read_document
+from ..core.bots import DEFAULT_KEY_PATH, TIMEOUT_RANGE, Bot, InvalidBot, is_integer, load_bot, parse_bot, read_document
 from .distributions import Delay, DelayError, is_finite_number, number_label, parse_delay
 from .thresholds import Threshold, ThresholdError, parse_threshold
 
@@ -25,6 +25,7 @@ __all__ = [
     "SIGNATURE_MODES",
     "SWEEPABLE",
     "Expectation",
+    "Retry",
     "SubCase",
     "Scenario",
     "InvalidScenario",
@@ -36,7 +37,9 @@ KEY_MODES = ("correct", "missing", "empty", "wrong_type", "random", "other")
 SIGNATURE_MODES = ("valid", "missing", "wrong", "stale")
 SWEEPABLE = ("conversations", "timeout_s", "delay_s", "key", "calls", "call_gap_s", "signature", "arrival_rate")
 ENCODINGS = ("json", "form")
-CASE_FIELDS = (*SWEEPABLE, "name", "block", "payload", "encoding", "expect", "thresholds")
+CASE_FIELDS = (*SWEEPABLE, "name", "block", "payload", "encoding", "expect", "thresholds", "retry")
+RETRY_ON = ("non-2xx", "5xx")
+MAX_RETRIES = 100
 DEFAULTS: dict[str, Any] = {
     "conversations": 100,
     "timeout_s": None,  # the block's own timeout
@@ -50,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "encoding": "json",
     "expect": None,
     "thresholds": [],
+    "retry": None,
 }
 MAX_CONVERSATIONS = 1_000_000
 MAX_CALLS = 1000
@@ -68,6 +72,26 @@ class Expectation:
     outcome: str | None = None
     status: int | None = None
     variables: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A third party's retry policy (SPEC §8.4): after an answer that matches ``on``, call again
+    after each delay in turn, each counted from the previous attempt's answer, until a 2xx.
+
+    >>> Retry((5.0, 30.0), "5xx").matches(503), Retry((5.0,), (409, 410)).matches(404)
+    (True, False)
+    """
+
+    delays_s: tuple[float, ...]
+    on: str | tuple[int, ...] = "non-2xx"
+
+    def matches(self, status: int) -> bool:
+        if self.on == "non-2xx":
+            return not 200 <= status < 300
+        if self.on == "5xx":
+            return 500 <= status < 600
+        return status in self.on
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,7 @@ class SubCase:
     encoding: str  # "json" or "form" (application/x-www-form-urlencoded)
     expect: Expectation | None
     thresholds: tuple[Threshold, ...]
+    retry: Retry | None = None
 
 
 @dataclass
@@ -226,6 +251,8 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
                 bad("block", f"bot {bot.id!r} has no webhook block reachable from its start")
         elif not isinstance(block, str) or block not in bot.blocks or bot.blocks[block].type != "webhook":
             bad("block", f"{block!r} is not a webhook block of bot {bot.id!r}")
+    webhook = (bot.blocks[block] if bot is not None and isinstance(block, str) and block in bot.blocks
+               and bot.blocks[block].type == "webhook" else None)
     payload = merged["payload"]
     encoding = merged["encoding"]
     if encoding not in ENCODINGS:
@@ -237,8 +264,17 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
             bad("key", "a form cannot carry a key of the wrong type (form values are text); use encoding = \"json\"")
     if not isinstance(payload, dict):
         bad("payload", "must be a table")
-    elif "conversation_key" in payload:
-        bad("payload.conversation_key", "is set by the case's `key` mode; leave it out of the payload")
+    else:
+        key_path = webhook.key_path if webhook is not None else DEFAULT_KEY_PATH
+        if (key_path.text in payload) if encoding == "form" else key_path.extract(payload)[0]:
+            bad(f"payload.{key_path.text}", "is set by the case's `key` mode; "
+                "leave it out of the payload")
+        elif encoding == "json" and not _writable(payload, key_path.steps):
+            bad("payload", f"the key cannot be written at {key_path.text}: a value on the way is not a table")
+    signatures = merged["signature"] if isinstance(merged["signature"], list) else [merged["signature"]]
+    if webhook is not None and webhook.secret and webhook.signature_scheme == "hmac-sha256" and "stale" in signatures:
+        bad("signature", "\"stale\" needs a timestamp, and the block's hmac-sha256 scheme has none")
+    retry = _parse_retry(merged["retry"], bad)
     expect = _parse_expect(merged["expect"], bad)
     thresholds: list[Threshold] = []
     raw_thresholds = merged["thresholds"]
@@ -285,9 +321,53 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
                 encoding=encoding,
                 expect=expect,
                 thresholds=tuple(thresholds),
+                retry=retry,
             )
         )
     return subcases
+
+
+def _writable(payload: dict[str, Any], steps: tuple[str | int, ...]) -> bool:
+    """True when the runner can write a value at ``steps`` (creating tables on the way)."""
+    value: Any = payload
+    for step in steps[:-1]:
+        if isinstance(step, int) or not isinstance(value, dict):
+            return isinstance(step, int) and isinstance(value, list) and step < len(value)
+        if step not in value:
+            return True
+        value = value[step]
+    return isinstance(value, dict) or (isinstance(value, list) and isinstance(steps[-1], int))
+
+
+def _parse_retry(raw: Any, bad: Any) -> Retry | None:
+    """``retry = { delays_s = [5, 30, 120], on = "non-2xx" }``; ``on`` may be a list of statuses."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        bad("retry", "must be a table like { delays_s = [5, 30, 120], on = \"non-2xx\" }")
+        return None
+    for key in raw:
+        if key not in ("delays_s", "on"):
+            bad(f"retry.{key}", "unknown field; use delays_s and on")
+    delays = raw.get("delays_s")
+    ok = True
+    if (not isinstance(delays, list) or not delays or len(delays) > MAX_RETRIES
+            or not all(is_finite_number(d) and d >= 0 for d in delays)):
+        bad("retry.delays_s", f"must be a list of 1 to {MAX_RETRIES} non-negative numbers of seconds, got {delays!r}")
+        ok = False
+    on = raw.get("on", "non-2xx")
+    if isinstance(on, list):
+        if not on or not all(is_integer(s) and 100 <= s <= 599 and not 200 <= s < 300 for s in on):
+            bad("retry.on", f"a list of statuses must hold HTTP statuses outside 2xx (a 2xx ends the retries), got {on!r}")
+            ok = False
+        on = tuple(on)
+    elif on not in RETRY_ON:
+        bad("retry.on", f"must be \"non-2xx\", \"5xx\" or a list of statuses, got {on!r}")
+        ok = False
+    if not ok or not isinstance(delays, list):
+        return None
+    return Retry(tuple(float(d) for d in delays), on)
+
 
 
 def _distinct_labels(delays: list[Delay]) -> dict[int, str]:
