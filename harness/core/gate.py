@@ -506,7 +506,8 @@ class Gate:
         latest = conversation.latest_wait_at(block_id)
         if latest is None or not latest.expired_at(now):
             return
-        late = {"block": block_id, "at": now, "after_deadline_s": now - latest.deadline}
+        # Never negative: another process's timer may resolve a wait a moment before our clock gets there.
+        late = {"block": block_id, "at": now, "after_deadline_s": max(0.0, now - latest.deadline)}
         self.store.add_late_call(conversation, late)
         self.stats.late_calls += 1
         self.recent_late_calls.append({
