@@ -16,7 +16,7 @@ Options: ``--harness-seed N`` overrides the files' seeds, ``--harness-target URL
 time against a live gate. The ini option ``harness_scenario_paths`` (paths relative to the ini
 file) restricts the files found while walking directories to those folders — a project whose
 own tests keep scenario fixtures elsewhere lists its suite folder there; files named on the
-command line are always collected.
+command line (and everything under a directory named there) are always collected.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFi
 
 def _wanted(path: Path, config: pytest.Config) -> bool:
     folders: list[Path] = config.getini("harness_scenario_paths")
-    if not folders:
-        return True
+    if not folders or config.args_source == pytest.Config.ArgsSource.ARGS:
+        return True  # paths named on the command line are searched whole, wherever they are
     named = {Path(arg.split("::")[0]).resolve() for arg in config.args}
     path = path.resolve()
     return path in named or any(path.is_relative_to(folder.resolve()) for folder in folders)

@@ -130,6 +130,10 @@ def test_scenario_paths_limit_discovery_but_not_files_named(suite: pytest.Pytest
     assert not any(line.startswith("pay.toml") for line in collected)
     named = run(suite, "--collect-only", "-q", "pay.toml").outlines
     assert "pay.toml::on_time" in named
+    (suite.path / "elsewhere").mkdir()
+    (suite.path / "elsewhere" / "theirs.toml").write_text(SCENARIO)
+    walked = run(suite, "--collect-only", "-q", "elsewhere").outlines
+    assert "elsewhere/theirs.toml::on_time" in walked  # a folder named on the command line is searched whole
 
 
 def test_async_tests_still_run_under_trio_mode_beside_scenarios(suite: pytest.Pytester) -> None:
