@@ -171,12 +171,9 @@ class AsgiClient:
 
     async def request(self, method: str, url: str, *, content: bytes | None = None,
                       headers: dict[str, str] | None = None, json: Any = None) -> AsgiAnswer:
-        if json is not None:
-            content = _json_bytes(json)
-            headers = {**(headers or {}), "Content-Type": "application/json"}
-        body = content or b""
+        body, headers = _body_and_headers(content, headers, json)
         raw_headers = [(b"host", b"harness.local"), (b"content-length", str(len(body)).encode())]
-        raw_headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+        raw_headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
         path, _, query = url.partition("?")
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
@@ -204,6 +201,14 @@ class AsgiClient:
 
         await self.app(scope, receive, send)
         return AsgiAnswer(status, b"".join(chunks))
+
+
+def _body_and_headers(content: bytes | None, headers: dict[str, str] | None,
+                      json: Any) -> tuple[bytes, dict[str, str]]:
+    """The bytes to send and the headers to send them with (``json=`` sets the content type)."""
+    if json is not None:
+        return _json_bytes(json), {**(headers or {}), "Content-Type": "application/json"}
+    return content or b"", headers or {}
 
 
 def _json_bytes(document: Any) -> bytes:
@@ -246,12 +251,9 @@ class Http11Client:
 
     async def request(self, method: str, url: str, *, content: bytes | None = None,
                       headers: dict[str, str] | None = None, json: Any = None) -> AsgiAnswer:
-        if json is not None:
-            content = _json_bytes(json)
-            headers = {**(headers or {}), "Content-Type": "application/json"}
-        body = content or b""
+        body, headers = _body_and_headers(content, headers, json)
         fields = [(b"Host", self.authority), (b"Content-Length", str(len(body)).encode()), *self.fixed]
-        fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+        fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
         request = h11.Request(method=method, target=(self.prefix + url).encode(), headers=fields)
         async with self.slots:
             with trio.fail_after(self.timeout_s):
