@@ -218,3 +218,15 @@ print(" ".join(f"{{timeout}}={{rate:g}}" for timeout, rate in rates.items()))
     assert done.returncode == 0, done.stderr[-2000:]
     rates = done.stdout.strip().splitlines()[-1]
     assert rates.startswith("5=0.") and rates.endswith(" 20=1")  # uniform(0, 10): about half by 5 s, all by 20 s
+
+
+@pytest.mark.parametrize("driver", ["core", "asgi"])
+def test_a_delay_callable_returning_bad_values_is_a_clear_scenario_error(driver: str) -> None:
+    def negative(rng: np.random.Generator, size: int) -> np.ndarray:
+        return -np.ones(size)
+
+    scenario = {"bot": str(BOTS / "payment.toml"), "cases": [{"name": "broken", "conversations": 3, "delay_s": negative}]}
+    with pytest.raises(InvalidScenario) as caught:
+        run_scenario(scenario, driver=driver)
+    assert "cases[0] (broken).delay_s: callable " in str(caught.value)
+    assert "negative delay" in str(caught.value)

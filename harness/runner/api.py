@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import pandas as pd
 import trio
 
+from .distributions import DelayError
 from .drivers import DRIVERS, live
-from .engine import execute
+from .engine import RunError, execute
 from .progress import NO_PROGRESS, NotebookProgress, Progress
 from .results import ResultBlock, to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
@@ -87,7 +88,21 @@ def run_loaded_scenario(
                 on_conversation_done()
 
         on_started, on_done = started, finished
-    return _run(scenario, target, on_started, on_done, concurrency, workers, executor, driver, api_token)
+    try:
+        return _run(scenario, target, on_started, on_done, concurrency, workers, executor, driver, api_token)
+    except* DelayError as group:
+        # A delay callable's bad output is found while drawing, inside trio's nurseries: say it plainly.
+        raise InvalidScenario([str(error) for error in _leaves(group)]) from None
+    except* RunError as group:
+        raise _leaves(group)[0] from None
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions in a (nested) exception group, in order."""
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return leaves
 
 
 def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] | None,
