@@ -159,7 +159,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
         # flow after the resolution awaits its scripts, which run off the event loop.
         answer = await webhooks.decide_async(block, bot_id, block_id,
                                              media_type=media_type_of(request.headers.get("Content-Type")),
-                                             headers=dict(request.headers), body=body)
+                                             headers=request.headers, body=body)
         return json_response(answer)
 
     @app.get("/metrics")

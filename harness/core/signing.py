@@ -37,7 +37,8 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 __all__ = [
     "HEADER",
@@ -188,11 +189,17 @@ def _verify_hmac(secret: str, header: str, value: str | None, body: bytes) -> No
 # -- the public entry points ---------------------------------------------------------------------
 
 
-def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+class HeaderItems(Protocol):
+    """Request headers as anything with ``items()``: a dict, or a framework's multi-dict."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def _lower(headers: HeaderItems) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.items()}
 
 
-def verify_headers(scheme: str, secret: str, headers: Mapping[str, str], body: bytes, *, unix_time: float,
+def verify_headers(scheme: str, secret: str, headers: HeaderItems, body: bytes, *, unix_time: float,
                    header_name: str = DEFAULT_HMAC_HEADER) -> None:
     """Return quietly when ``headers`` sign ``body`` with ``secret`` under ``scheme``.
 

@@ -17,7 +17,6 @@ Every refusal is a :class:`~harness.core.errors.Refused` whose code maps to a st
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -27,7 +26,7 @@ from .bots import Block
 from .errors import Refused
 from .gate import Delivery, Gate
 from .jsonsafe import MAX_DEPTH, UnsafeValue, check_json_value
-from .signing import SignatureError, verify_headers
+from .signing import HeaderItems, SignatureError, verify_headers
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -114,7 +113,7 @@ class WebhookHandler:
         """The webhook block of the URL, or 404 ``unknown_webhook`` — checked before the body is read."""
         return self.gate.webhook_block(bot_id, block_id)
 
-    def decide(self, block: Block, bot_id: str, block_id: str, *, media_type: str, headers: Mapping[str, str],
+    def decide(self, block: Block, bot_id: str, block_id: str, *, media_type: str, headers: HeaderItems,
                body: bytes) -> dict[str, Any]:
         """Decide a call whose whole body has been read; return the 200 answer or raise ``Refused``.
 
@@ -125,13 +124,13 @@ class WebhookHandler:
         return _answer(self.gate.deliver(bot_id, block_id, payload))
 
     async def decide_async(self, block: Block, bot_id: str, block_id: str, *, media_type: str,
-                           headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+                           headers: HeaderItems, body: bytes) -> dict[str, Any]:
         """:meth:`decide` for a server: in real time the flow after the resolution runs its scripts
         off the event loop (:meth:`Gate.deliver_async`); checks and resolution stay atomic."""
         payload = self._payload(block, media_type=media_type, headers=headers, body=body)
         return _answer(await self.gate.deliver_async(bot_id, block_id, payload))
 
-    def _payload(self, block: Block, *, media_type: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    def _payload(self, block: Block, *, media_type: str, headers: HeaderItems, body: bytes) -> dict[str, Any]:
         """The parsed and verified payload of a call, or ``Refused``: the checks before the state's."""
         if len(body) > self.max_body:
             raise too_large(self.max_body)
@@ -153,7 +152,7 @@ class WebhookHandler:
                 raise Refused("invalid_signature", str(error)) from None
         return payload
 
-    def handle(self, bot_id: str, block_id: str, *, media_type: str, headers: Mapping[str, str],
+    def handle(self, bot_id: str, block_id: str, *, media_type: str, headers: HeaderItems,
                body: bytes) -> dict[str, Any]:
         """:meth:`block` then :meth:`decide`: for a caller that holds the whole body already."""
         return self.decide(self.block(bot_id, block_id), bot_id, block_id, media_type=media_type,
