@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness.store import MemoryStore
+
 from ._report import header, row
 
 TIMEOUT_S = 300
@@ -68,7 +70,7 @@ def direct_loop(conversations: int) -> None:
     bot = load_bot(BOT).with_timeout("wait_payment", TIMEOUT_S, "payment")
 
     async def main() -> None:
-        gate = Gate()
+        gate = Gate(store=MemoryStore())
         webhooks = WebhookHandler(gate)
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)

@@ -18,6 +18,7 @@ import trio
 
 from harness.core.bots import parse_bot
 from harness.core.gate import Gate
+from harness.store import MemoryStore
 
 from ._report import header, row
 
@@ -26,7 +27,7 @@ BOT = parse_bot({"id": "b", "start": "w", "blocks": {
 
 
 async def gate_lateness(open_offsets: np.ndarray) -> np.ndarray:
-    gate = Gate()
+    gate = Gate(store=MemoryStore())
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         gate.add_bot(BOT)

@@ -25,6 +25,7 @@ import trio
 
 from harness.core.bots import parse_bot
 from harness.core.gate import Gate
+from harness.store import MemoryStore
 
 from ._report import header, row
 
@@ -38,7 +39,7 @@ def rss_kib() -> int:
 
 
 async def measure_gate(n: int) -> tuple[float, float, float]:
-    gate = Gate()
+    gate = Gate(store=MemoryStore())
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         gate.add_bot(BOT)

@@ -25,7 +25,7 @@ from .runner import (
     save_results,
     summarize,
 )
-from .server import create_app, serve
+from .web import create_app, serve
 
 __all__ = [
     "Bot",

@@ -107,9 +107,9 @@ def serve(
     import trio
 
     from .core.gate import Gate
-    from .http_guard import raise_open_file_limit
-    from .server import serve as serve_gate
     from .store import open_store
+    from .web.http_guard import raise_open_file_limit
+    from .web.server import serve as serve_gate
 
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):

@@ -10,9 +10,9 @@ import trio
 
 from harness.core.bots import Bot, load_bot, parse_bot
 from harness.core.gate import Gate
-from harness.server import create_app
 from harness.store import open_store
 from harness.testing import ServerProcess
+from harness.web.server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTS = ROOT / "scenarios" / "bots"

@@ -147,7 +147,7 @@ def test_with_an_api_token_the_page_works_from_its_cookie_and_builds_no_token_ur
 
     from playwright.sync_api import expect
 
-    from harness.server import create_app
+    from harness.web.server import create_app
 
     if "api_token" not in inspect.signature(create_app).parameters:
         pytest.skip("harness serve has no --api-token in this checkout yet")

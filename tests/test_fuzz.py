@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from harness.core.bots import InvalidBot, parse_bot
 from harness.core.gate import Gate
 from harness.core.signing import HEADER
-from harness.server import create_app
+from harness.store import MemoryStore
+from harness.web.server import create_app
 
 from .conftest import BOTS, webhook_bot
 
@@ -96,7 +97,7 @@ def snapshot(gate: Gate, keys: list[str]) -> Any:
 
 def replay(plan: list[dict[str, Any]], *, real_key_probability: bool) -> None:
     async def main() -> None:
-        gate = Gate(public_url="http://fuzz")
+        gate = Gate(store=MemoryStore(), public_url="http://fuzz")
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
             gate.add_bot(webhook_bot(timeout_s=300))

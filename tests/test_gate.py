@@ -7,6 +7,7 @@ import trio
 
 from harness.core.errors import Refused
 from harness.core.gate import Gate
+from harness.store import MemoryStore
 
 from .conftest import webhook_bot
 
@@ -145,7 +146,7 @@ async def test_retry_loop_opens_a_second_wait_at_the_same_block(gate: Gate, auto
 
 def test_scheduler_must_run_before_conversations_start() -> None:
     async def main() -> None:
-        gate = Gate()
+        gate = Gate(store=MemoryStore())
         gate.add_bot(webhook_bot())
         with pytest.raises(RuntimeError, match="scheduler is not running"):
             gate.start_conversation("pay")

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from harness.core.errors import Refused
 from harness.core.gate import Gate
+from harness.store import MemoryStore
 
 from .conftest import webhook_bot
 
@@ -54,7 +55,7 @@ def expected(timeout: int, conversations: int, calls: list[tuple[float, int | st
 
 def replay(timeout: int, conversations: int, calls: list[tuple[float, int | str]]):
     async def main():
-        gate = Gate()
+        gate = Gate(store=MemoryStore())
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
             gate.add_bot(webhook_bot(timeout_s=timeout))

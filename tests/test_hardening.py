@@ -16,8 +16,8 @@ import trio
 
 from harness.core.gate import Gate
 from harness.core.signing import HEADER
-from harness.http_guard import COOKIE
-from harness.server import STATUS_BY_CODE, create_app
+from harness.web.http_guard import COOKIE
+from harness.web.server import STATUS_BY_CODE, create_app
 
 from .conftest import PUBLIC_URL, webhook_bot
 
@@ -254,7 +254,7 @@ async def test_a_slow_body_within_the_timeout_is_served(gate: Gate, autojump_clo
 
 
 async def test_past_the_cap_the_longest_stalled_body_is_shed(gate: Gate, autojump_clock) -> None:
-    from harness.http_guard import HttpGuard
+    from harness.web.http_guard import HttpGuard
 
     gate.add_bot(webhook_bot(timeout_s=300))
     app = create_app(gate)

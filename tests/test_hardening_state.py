@@ -23,9 +23,9 @@ from harness.core import flow
 from harness.core import gate as gate_module
 from harness.core.conversations import WallClock
 from harness.core.gate import ORPHAN_POLL_S, SWEEP_EVERY_S, Gate
-from harness.server import create_app
 from harness.store import MemoryStore, SqliteStore, Store, open_store
 from harness.testing import ServerProcess
+from harness.web.server import create_app
 
 from .conftest import PUBLIC_URL, quick_bot_folder, webhook_bot
 

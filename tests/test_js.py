@@ -20,6 +20,7 @@ from harness.core.conversations import Conversation
 from harness.core.flow import STEP_BUDGET_S, advance
 from harness.core.gate import Gate
 from harness.core.js import TIME_LIMIT_S, render_code, run_script
+from harness.store import MemoryStore
 
 from .conftest import BOTS, PUBLIC_URL
 
@@ -242,7 +243,7 @@ def test_placeholders_in_comments_are_left_alone() -> None:
 
 
 async def test_in_real_time_a_scripts_run_does_not_hold_the_event_loop() -> None:
-    gate = Gate(public_url=PUBLIC_URL)
+    gate = Gate(store=MemoryStore(), public_url=PUBLIC_URL)
     gate.add_bot(parse_bot(js_bot("while (true) {}", bot_id="runaway")))
     gaps: list[float] = []
     done = trio.Event()
@@ -268,7 +269,7 @@ async def test_in_real_time_a_scripts_run_does_not_hold_the_event_loop() -> None
 async def test_a_step_whose_caller_gives_up_still_runs_to_its_end() -> None:
     """A client hanging up mid-step must not leave the conversation `running` for good."""
     script = "const t = Date.now(); while (Date.now() - t < 100) {}"
-    gate = Gate(public_url=PUBLIC_URL)
+    gate = Gate(store=MemoryStore(), public_url=PUBLIC_URL)
     gate.add_bot(parse_bot({"id": "b", "start": "wait", "blocks": {
         "wait": {"type": "webhook", "timeout_s": 30, "success": "one", "failure": "one"},
         "one": {"type": "javascript", "code": script, "next": "two"},
@@ -286,7 +287,7 @@ async def test_a_step_whose_caller_gives_up_still_runs_to_its_end() -> None:
 
 
 async def test_in_virtual_time_scripts_run_inline_and_waits_open_exactly(autojump_clock: trio.testing.MockClock) -> None:
-    gate = Gate(public_url=PUBLIC_URL)
+    gate = Gate(store=MemoryStore(), public_url=PUBLIC_URL)
     gate.add_bot(load_bot(BOTS / "payment.toml"))
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)

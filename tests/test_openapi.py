@@ -12,8 +12,8 @@ import pytest
 
 from harness.core.errors import STATUS_BY_CODE
 from harness.core.gate import Gate
-from harness.openapi import openapi_document
 from harness.testing import ServerProcess
+from harness.web.openapi import openapi_document
 
 from .conftest import BOTS
 

@@ -25,8 +25,8 @@ from harness.core.bots import load_bot
 from harness.core.conversations import WallClock
 from harness.core.errors import Refused
 from harness.core.gate import Gate
-from harness.server import create_app
 from harness.store import SqliteStore
+from harness.web.server import create_app
 
 from .conftest import BOTS, PUBLIC_URL, start, webhook_bot
 from .events import CHECKOUT_MAPPINGS, STRIPE_KEY_PATH, STRIPE_SECRET, gated_bot, ipn_form, stripe_body

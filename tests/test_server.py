@@ -10,7 +10,7 @@ import trio
 
 from harness.core.gate import Gate
 from harness.core.signing import HEADER, sign
-from harness.server import create_app
+from harness.web.server import create_app
 
 from .conftest import start, webhook_bot
 

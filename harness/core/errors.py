@@ -28,7 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_bot": 404,
     "unauthorized": 401,
     "body_timeout": 408,
-    "invalid_request": 400,  # Content-Length with Transfer-Encoding (harness.http_guard)
+    "invalid_request": 400,  # Content-Length with Transfer-Encoding (harness.web.http_guard)
 }
 
 

@@ -23,17 +23,15 @@ and what is left. A step whose budget runs out ends the conversation ``errored``
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import trio
-import trio.testing
 
 from .bots import Block, Bot
 from .conversations import Conversation, Wait
-from .js import PLACEHOLDER, TIME_LIMIT_S, ScriptRun, as_text, run_script
+from .js import PLACEHOLDER, TIME_LIMIT_S, ScriptRun, as_text, run_script, run_script_async, scripts_run_inline
 
 __all__ = ["MAX_BLOCKS_WITHOUT_WAITING", "STEP_BUDGET_S", "advance", "advance_async", "interpolate",
            "evaluate_condition", "scripts_run_inline"]
@@ -125,10 +123,11 @@ def advance(conversation: Conversation, bot: Bot, block_id: str | None, now: flo
 
 
 async def advance_async(conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> Wait | None:
-    """:func:`advance` for a server: in real time each script runs in a worker thread.
+    """:func:`advance` for a server: in real time each script runs off the event loop
+    (:func:`~harness.core.js.run_script_async`).
 
-    Under ``MockClock`` (see :func:`scripts_run_inline`) it is exactly :func:`advance`, with no
-    await at all.
+    Under ``MockClock`` (see :func:`~harness.core.js.scripts_run_inline`) it is exactly
+    :func:`advance`, with no await at all.
     """
     if scripts_run_inline():
         return advance(conversation, bot, block_id, now)
@@ -141,31 +140,11 @@ async def advance_async(conversation: Conversation, bot: Bot, block_id: str | No
         try:
             script = next(engine)
             while True:
-                run = functools.partial(run_script, script.code, dict(script.variables),
-                                        time_limit_s=script.time_limit_s)
-                script = engine.send(await trio.to_thread.run_sync(run, limiter=_script_limiter()))
+                run = await run_script_async(script.code, dict(script.variables), time_limit_s=script.time_limit_s)
+                script = engine.send(run)
         except StopIteration as done:
             wait = done.value
     return wait
-
-
-def scripts_run_inline() -> bool:
-    """True under trio's ``MockClock``: a worker thread would let virtual time jump while it works."""
-    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-
-
-_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("harness_script_limiter")
-
-
-def _script_limiter() -> trio.CapacityLimiter:
-    """One script at a time per process: the engine's limit counts the CPU time of the whole
-    process, so scripts running side by side would eat each other's limits."""
-    try:
-        return _LIMITER.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(1)
-        _LIMITER.set(limiter)
-        return limiter
 
 
 def _step(conversation: Conversation, bot: Bot, block_id: str | None,

@@ -32,7 +32,7 @@ The same task does two periodic chores, on trio's clock too:
 
 Usage::
 
-    gate = Gate(public_url="http://127.0.0.1:8000")
+    gate = Gate(store=MemoryStore(), public_url="http://127.0.0.1:8000")
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         gate.add_bot(load_bot("scenarios/bots/payment.toml"))
@@ -52,12 +52,12 @@ from typing import Any
 
 import trio
 
-from ..store import MemoryStore, Store
 from .bots import Block, Bot, InvalidBot, parse_bot
 from .conversations import Conversation, Outcome, Reason, Wait, WallClock, new_conversation_key
 from .errors import Refused
 from .flow import advance, advance_async, scripts_run_inline
 from .jsonsafe import UnsafeValue, check_json_value
+from .store import Store
 
 __all__ = ["Gate", "Delivery", "GateStats"]
 
@@ -106,11 +106,11 @@ class GateStats:
 class Gate:
     """Holds bots and conversations and decides every webhook call and every timeout."""
 
-    def __init__(self, *, store: Store | None = None, public_url: str = "http://127.0.0.1:8000",
+    def __init__(self, *, store: Store, public_url: str = "http://127.0.0.1:8000",
                  clock: WallClock | None = None, retention: float = DEFAULT_RETENTION_S) -> None:
         if not retention >= 0:
             raise ValueError("retention must be a number of seconds >= 0")
-        self.store: Store = store if store is not None else MemoryStore()
+        self.store = store
         self.retention = retention
         self.public_url = public_url.rstrip("/")
         self.clock = clock if clock is not None else WallClock()

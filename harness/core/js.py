@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import quickjs
+import trio
+import trio.testing
 
 from .jsonsafe import check_json_value
 
@@ -55,6 +57,8 @@ __all__ = [
     "as_text",
     "render_code",
     "run_script",
+    "run_script_async",
+    "scripts_run_inline",
 ]
 
 TIME_LIMIT_S = 0.5
@@ -171,6 +175,38 @@ def run_script(code: str, variables: dict[str, Any], *, time_limit_s: float = TI
         error = failure.with_traceback(None)  # the traceback would keep the context alive
     return ScriptRun(variables_after, error, time.perf_counter() - started)
 
+
+
+async def run_script_async(code: str, variables: dict[str, Any], *, time_limit_s: float = TIME_LIMIT_S) -> ScriptRun:
+    """:func:`run_script` for a server: in real time the script runs off the event loop.
+
+    Under ``MockClock`` (:func:`scripts_run_inline`) it runs inline — no thread or process may
+    let virtual time jump while it works. In real time it runs in a worker thread (the binding
+    releases the GIL while JavaScript runs), one script at a time per process.
+    """
+    if scripts_run_inline():
+        return run_script(code, variables, time_limit_s=time_limit_s)
+    run = functools.partial(run_script, code, variables, time_limit_s=time_limit_s)
+    return await trio.to_thread.run_sync(run, limiter=_script_limiter())
+
+
+def scripts_run_inline() -> bool:
+    """True under trio's ``MockClock``: a worker would let virtual time jump while it works."""
+    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+
+
+_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("harness_script_limiter")
+
+
+def _script_limiter() -> trio.CapacityLimiter:
+    """One script at a time per process: the engine's limit counts the CPU time of the whole
+    process, so scripts running side by side would eat each other's limits."""
+    try:
+        return _LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(1)
+        _LIMITER.set(limiter)
+        return limiter
 
 def _run(code: str, variables: dict[str, Any], time_limit_s: float) -> dict[str, Any]:
     context = quickjs.Context()

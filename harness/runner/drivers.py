@@ -35,7 +35,8 @@ from ..core.conversations import Conversation
 from ..core.errors import STATUS_BY_CODE, Refused
 from ..core.gate import Gate
 from ..core.webhooks import WebhookHandler, media_type_of
-from ..server import create_app
+from ..store import MemoryStore
+from ..web.server import create_app
 
 __all__ = ["DRIVERS", "TRANSPORT_ERRORS", "Driver", "Observed", "Http11Client", "in_process", "in_core", "live", "open_driver", "IN_PROCESS_URL"]
 
@@ -379,7 +380,7 @@ class Driver:
 @asynccontextmanager
 async def in_process(*, max_body: int = 1024 * 1024) -> AsyncIterator[Driver]:
     """A fresh in-memory gate behind its Quart app, in this trio run; use under a MockClock."""
-    gate = Gate(public_url=IN_PROCESS_URL)
+    gate = Gate(store=MemoryStore(), public_url=IN_PROCESS_URL)
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         yield Driver(client=AsgiClient(create_app(gate, max_body=max_body)), virtual=True, gate=gate)
@@ -408,7 +409,7 @@ async def live(url: str, *, concurrency: int = 64, api_token: str | None = None)
 @asynccontextmanager
 async def in_core(*, max_body: int = 1024 * 1024) -> AsyncIterator[Driver]:
     """A fresh in-memory gate driven without HTTP; use under a MockClock for virtual time."""
-    gate = Gate(public_url=IN_PROCESS_URL)
+    gate = Gate(store=MemoryStore(), public_url=IN_PROCESS_URL)
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         yield Driver(client=CoreClient(gate, max_body=max_body), virtual=True, gate=gate)

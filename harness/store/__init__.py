@@ -7,7 +7,7 @@ default and what simulations use: plain dicts, no I/O, nothing that could let vi
 
 from __future__ import annotations
 
-from .base import Store
+from ..core.store import Store
 from .memory import MemoryStore
 from .sqlite import SqliteStore
 

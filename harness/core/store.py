@@ -3,8 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ..core.bots import Bot
-from ..core.conversations import Conversation, WallClock
+from .bots import Bot
+from .conversations import Conversation, WallClock
 
 __all__ = ["Store"]
 

@@ -2,7 +2,7 @@
 
 Written by hand rather than generated from the routes: the contract is a set of tables (status,
 error code, when), and the document states exactly those, including the answers no route
-function returns itself — the guard's 400/401/408/415 (:mod:`harness.http_guard`) and the
+function returns itself — the guard's 400/401/408/415 (:mod:`harness.web.http_guard`) and the
 framework's 404/405 for paths and methods that match no route. Every error answer is
 ``{"error": CODE, "detail": TEXT}``; each response lists the codes it can carry, so a client (or a
 fuzzer) can check that a 404 is ``unknown_bot`` and not something else.
@@ -36,7 +36,7 @@ def _ok(description: str, schema: dict[str, Any], media_type: str = JSON) -> dic
     return {"description": description, "content": {media_type: {"schema": schema}}}
 
 
-# Answers any request can get, whatever the route (SPEC §11; harness.http_guard).
+# Answers any request can get, whatever the route (SPEC §11; harness.web.http_guard).
 _FRAMING = ("invalid_request",)  # Content-Length with Transfer-Encoding
 
 

@@ -1,7 +1,7 @@
 """The gate's door: checks that come before any route, as one raw ASGI middleware (SPEC §11).
 
 :class:`HttpGuard` wraps the Quart app (``app.asgi_app = HttpGuard(app.asgi_app, …)``, done by
-:func:`harness.server.create_app`) and refuses, in this order:
+:func:`harness.web.server.create_app`) and refuses, in this order:
 
 1. **Ambiguous framing** — ``Content-Length`` *and* ``Transfer-Encoding``: 400 ``invalid_request``
    and the connection closed. h11 (hypercorn's HTTP/1.1 parser) accepts such a request and lets
@@ -41,7 +41,7 @@ from urllib.parse import parse_qs
 
 import trio
 
-from .core.errors import Refused
+from ..core.errors import Refused
 
 __all__ = [
     "COOKIE",

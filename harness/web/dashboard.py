@@ -1,6 +1,6 @@
 """The live page of ``harness serve`` (SPEC §12): ``GET /`` and its data, ``GET /api/dashboard``.
 
-The page is plain HTML, CSS and JavaScript shipped in the package (``harness/static/``): no
+The page is plain HTML, CSS and JavaScript shipped in the package (``harness/web/static/``): no
 build step, nothing fetched from elsewhere. It polls :func:`snapshot` once a second, same-origin
 and with credentials, so the ``harness_token`` cookie set by ``/?token=…`` goes along when the
 server requires a token; the page never puts the token in a URL it builds. It renders every value
@@ -20,7 +20,7 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from .core.gate import Gate
+from ..core.gate import Gate
 
 __all__ = ["register_dashboard", "snapshot", "MAX_OPEN_WAITS"]
 
@@ -69,7 +69,7 @@ def snapshot(gate: Gate) -> dict[str, Any]:
 
 
 def _asset(name: str) -> str:
-    return files("harness").joinpath("static", name).read_text(encoding="utf-8")
+    return files("harness.web").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def register_dashboard(app: QuartTrio, gate: Gate) -> None:

@@ -22,16 +22,16 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .core.errors import STATUS_BY_CODE, Refused
-from .core.gate import LATENESS_BUCKETS, Gate
-from .core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
+from ..core.errors import STATUS_BY_CODE, Refused
+from ..core.gate import LATENESS_BUCKETS, Gate
+from ..core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
 from .dashboard import register_dashboard
 from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
 from .openapi import openapi_document
 
 __all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
 
-log = logging.getLogger("harness.server")
+log = logging.getLogger("harness.web.server")
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     text = json.dumps(body, ensure_ascii=False, allow_nan=False)
@@ -82,7 +82,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
     """Build the quart-trio app serving ``gate``. See SPEC §3–4 and §11 for the routes.
 
     ``api_token`` puts the page, ``/api/…`` and ``/metrics`` behind a bearer token;
-    ``body_timeout`` bounds how long a request body may take (see :mod:`harness.http_guard`,
+    ``body_timeout`` bounds how long a request body may take (see :mod:`harness.web.http_guard`,
     which wraps the app and makes those checks before any route runs).
     """
     app = QuartTrio("harness")
