@@ -6,7 +6,15 @@
 Every helper takes the results frame of :func:`harness.run_scenario` (or
 :func:`harness.load_results`) and returns a plain DataFrame or number, so they also work in a
 script or a test. Plots colour outcomes and statuses through :data:`OUTCOME_COLORS`, so success
-is the same green everywhere and no refusal is drawn in a "good" colour.
+is the same green everywhere, a misattributed wait (resolved by another conversation's call) has
+a colour of its own, and no refusal is drawn in a "good" colour.
+
+From curves to decisions (SPEC §15): :func:`decide_timeout` prices each timeout of a sweep and
+tells which ones the data cannot separate from the cheapest (a paired bootstrap);
+:func:`exact_success` is the delay model's own curve to put beside the simulated one;
+:func:`refine_timeouts` and :func:`conversations_needed` plan the second, finer sweep;
+:func:`fit_delays` ranks families by AIC, censored fits included, and :func:`kaplan_meier`
+reads the gate's own record (``harness delays``) without the bias towards fast senders.
 """
 
 from __future__ import annotations
@@ -46,12 +54,13 @@ __all__ = [
 # Okabe–Ito colours (readable with colour-blindness). Keys are outcomes, reasons, "outcome/reason"
 # labels and HTTP statuses as text; only success is green.
 _GOOD, _BAD, _LATE, _DUPLICATE, _REFUSED, _NONE = "#009E73", "#D55E00", "#CC79A7", "#E69F00", "#555555", "#BBBBBB"
+_MISATTRIBUTED = "#882255"  # wine: neither success's green nor failure's vermilion
 OUTCOME_COLORS: dict[str, str] = {
     "success": _GOOD, "received": _GOOD, "success/received": _GOOD, "200": _GOOD,
     "failure": _BAD, "timeout": _BAD, "failure/timeout": _BAD,
     "late": _LATE, "late payers": _LATE, "410": _LATE,  # paid, but after the deadline: told it failed
     "409": _DUPLICATE, "duplicate": _DUPLICATE,  # refused: the wait was no longer open
-    "misattributed": "#882255",  # resolved, by another conversation's call
+    "misattributed": _MISATTRIBUTED, "200 misattributed": _MISATTRIBUTED,  # resolved, by another conversation's call
     "400": _REFUSED, "401": "#0072B2", "404": "#56B4E9", "413": _REFUSED, "415": _REFUSED, "422": "#8C564B",
     "none": _NONE, "none/none": _NONE, "no call": _NONE,
 }
