@@ -59,3 +59,7 @@ def test_runs_top_to_bottom(path: Path) -> None:
     if path.name == "fit_processor_delays.ipynb":
         text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
         assert "Best fit: lognormal" in text and "observed: " in text  # the shipped data is a lognormal mixture
+        assert "Cost decision (3 € per late payer, 0.002 € per second of waiting): the cheapest timeout is" in text
+    if path.name == "decide_from_gate.ipynb":
+        text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+        assert "Median delay: naive" in text and "Decision: timeout" in text
