@@ -234,6 +234,7 @@ def write_summary_json(results: list[CaseResult], path: str | Path, *, interrupt
     document = summary_json(results) | {"interrupted": interrupted}
     if interrupted:
         document["passed"] = False  # what finished may pass; the run as asked did not
+        document["verdict"] = f"interrupted; of the conversations that finished: {document['verdict']}"
     with path.open("w", encoding="utf-8") as file:
         json.dump(document, file, indent=2, allow_nan=False, ensure_ascii=False)
         file.write("\n")
