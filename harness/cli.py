@@ -13,7 +13,6 @@ numpy nor Quart.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import functools
 import json
@@ -85,8 +84,9 @@ class JsonLogFormatter(logging.Formatter):
     _standard = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
-        moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        from .core.conversations import iso_timestamp
+
+        return iso_timestamp(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         line = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,

@@ -30,7 +30,8 @@ async def test_snapshot_lists_bots_open_waits_resolutions_and_late_calls(client:
     await trio.sleep(1)
     second = await start(client)
     data = (await client.get("/api/dashboard")).json()
-    assert data["bots"] == [{"id": "pay", "name": "pay", "webhooks": {"wait": "http://gate.test/webhooks/pay/wait"}}]
+    assert data["bots"] == [{"id": "pay", "name": "pay", "webhooks": {"wait": "http://gate.test/webhooks/pay/wait"},
+                            "derived_from": None}]
     assert data["open_waits"]["count"] == 2
     soonest, later = data["open_waits"]["shown"]  # soonest deadline first
     assert soonest["conversation"] == first["conversation_key"][:8] + "…"
@@ -48,7 +49,13 @@ async def test_snapshot_lists_bots_open_waits_resolutions_and_late_calls(client:
                                                                                 ("success", "received")]
     assert data["recent_late_calls"][0]["conversation"] == second["conversation_key"][:8] + "…"
     assert data["counters"] | {"resolved": None} == {"open_waits": 0, "waits_opened": 2, "succeeded": 1,
-                                                     "timed_out": 1, "late_calls": 1, "resolved": None}
+                                                     "timed_out": 1, "late_calls": 1, "resolved": None,
+                                                     "failed": 1, "accepted_calls": 1, "refused_calls": 1}
+    # The refused call is listed (and logged) with its status and error; the key is only linked, never logged.
+    assert [(r["bot"], r["block"], r["status"], r["error"]) for r in data["refused"]] == [("pay", "wait", 410,
+                                                                                            "wait_expired")]
+    assert [(d["status"], d["outcome"]) for d in data["deliveries"]] == [(410, "refused"), (200, "accepted")]
+    assert data["deliveries"][1]["conversation_key"] == first["conversation_key"]
     page = await client.get("/")
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
