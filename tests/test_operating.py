@@ -126,3 +126,28 @@ def test_an_interrupted_live_run_stops_at_once_and_writes_what_finished(tmp_path
     document = json.loads(summary.read_text())
     assert document["interrupted"] is True and document["scenarios"][0]["cases"][0]["n"] == finished
     assert "<testcase" in junit.read_text()
+
+
+def test_refused_calls_are_logged_as_json_lines_with_utc_times(tmp_path: Path) -> None:
+    import re
+
+    import httpx
+
+    log = tmp_path / "serve.log"
+    key = "abcdefSECRETPARTofTHEkey123"
+    with ServerProcess.harness_serve("--bots", str(BOTS / "payment.toml"), log=log) as server:
+        webhook = f"{server.url}/webhooks/payment/wait_payment"
+        assert httpx.post(webhook, json={"conversation_key": key, "card": "4242-body"}).status_code == 404
+        assert httpx.post(webhook, json={"no_key": 1}).status_code == 422
+        refused = httpx.get(f"{server.url}/api/dashboard").json()["refused"]
+    assert [(r["status"], r["error"], r["bot"], r["block"]) for r in refused] == [
+        (422, "missing_conversation_key", "payment", "wait_payment"),
+        (404, "unknown_conversation", "payment", "wait_payment")]
+    text = log.read_text()
+    assert key not in text and "4242-body" not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    refusals = [line for line in lines if line["message"] == "webhook call refused"]
+    assert [(r["status"], r["error"], r["bot"], r["block"], r["key"], r["level"]) for r in refusals] == [
+        (404, "unknown_conversation", "payment", "wait_payment", key[:6], "INFO"),
+        (422, "missing_conversation_key", "payment", "wait_payment", None, "INFO")]
+    assert lines and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["time"]) for line in lines)
