@@ -173,3 +173,42 @@ def test_with_an_api_token_the_page_works_from_its_cookie_and_builds_no_token_ur
         assert [url for url in urls[1:] if token in url] == []  # only the first visit carried it
         cookie = next(c for c in page.context.cookies() if c["name"] == "harness_token")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+
+@pytest.mark.slow
+def test_the_page_lists_deliveries_opens_a_conversation_and_folds_derived_bots(tmp_path: Path,
+                                                                                browser_page: Any) -> None:
+    import re
+
+    from playwright.sync_api import expect
+
+    page = browser_page
+    with ServerProcess.harness_serve("--bots", str(BOTS / "payment.toml"), log=tmp_path / "serve.log") as server:
+        derived = httpx.get(f"{server.url}/api/bots/payment").json()
+        derived = {key: value for key, value in derived.items() if key != "webhooks"} | {"id": "payment.t300"}
+        assert httpx.post(f"{server.url}/api/bots", json=derived).status_code == 201
+        page.goto(f"{server.url}/")
+        key = httpx.post(f"{server.url}/api/bots/payment/conversations").json()["conversation_key"]
+        webhook = f"{server.url}/webhooks/payment/wait_payment"
+        assert httpx.post(webhook, json={"conversation_key": "nobody-has-this-key"}).status_code == 404
+        assert httpx.post(webhook, json={"conversation_key": key, "data": {"amount": 42}}).status_code == 200
+        deliveries = page.locator("#deliveries tbody")
+        refused = deliveries.locator("tr", has_text="unknown_conversation")
+        expect(refused).to_contain_text("404")
+        accepted = deliveries.locator("tr", has_text=key[:6])
+        expect(accepted).to_contain_text("200")
+        times = deliveries.locator("td.time")
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", times.first.inner_text())  # 24-hour UTC
+        line_height = refused.locator("td").nth(2).bounding_box()["height"]
+        assert times.first.bounding_box()["height"] <= line_height + 1  # never wraps
+        accepted.click()
+        conversation = page.locator("#conversation")
+        expect(conversation).to_be_visible()
+        expect(conversation.locator("#transcript")).to_contain_text("Thanks, we received 42.")
+        expect(conversation).to_contain_text("received")
+        bots = page.locator("#bots tbody")
+        expect(bots).to_contain_text("payment")
+        expect(bots).not_to_contain_text("payment.t300")  # folded away…
+        expect(page.locator("#derived summary")).to_contain_text("1 derived copy")  # …but still there
+        expect(page.locator("[data-counter='refused calls'] dd")).to_have_text("1")
+        assert page.locator("#rates").bounding_box()["width"] > 100
