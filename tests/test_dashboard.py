@@ -66,9 +66,14 @@ async def test_snapshot_lists_bots_open_waits_resolutions_and_late_calls(client:
 
 @pytest.fixture
 def browser_page(tmp_path: Path) -> Iterator[Any]:
+    # Never a silent skip: a machine without the browser fails here and says what to install.
     if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        pytest.fail("the live page is tested in a real browser: install it with `apt-get install -y chromium` "
+                    f"(expected at {CHROMIUM})", pytrace=False)
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("needs Playwright: python3 -m pip install -e '.[test]'", pytrace=False)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
