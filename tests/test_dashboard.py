@@ -15,7 +15,7 @@ from harness.testing import ServerProcess
 
 from .conftest import BOTS, ROOT, quick_bot_folder, start, webhook_bot
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("HARNESS_TEST_CHROMIUM", "/usr/bin/chromium"))  # Debian's package
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 HOSTILE_NAME = '<img src=x onerror="document.title=\'pwned\'"><b>bold</b>'
@@ -217,3 +217,15 @@ def test_the_page_lists_deliveries_opens_a_conversation_and_folds_derived_bots(t
         expect(page.locator("#derived summary")).to_contain_text("1 derived copy")  # …but still there
         expect(page.locator("[data-counter='refused calls'] dd")).to_have_text("1")
         assert page.locator("#rates").bounding_box()["width"] > 100
+
+
+def test_without_chromium_the_browser_tests_fail_and_say_what_to_install(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "api_token", str(Path(__file__))],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "HARNESS_TEST_CHROMIUM": str(tmp_path / "no-chromium")})
+    assert result.returncode == 1 and "skipped" not in result.stdout, result.stdout
+    assert "apt-get install -y chromium" in result.stdout
