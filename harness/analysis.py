@@ -686,7 +686,7 @@ def outcome_table(frame: pd.DataFrame, by: Sequence[str] = ("case", "variant")) 
     wrong conversation.
     """
     labels = frame["outcome"].astype("object").fillna("none") + "/" + frame["reason"].astype("object").fillna("none")
-    if "resolved_by" in frame.columns:
+    if {"resolved_by", "conversation"} <= set(frame.columns):
         resolved_by = pd.to_numeric(frame["resolved_by"], errors="coerce")
         other = resolved_by.notna() & (resolved_by != frame["conversation"])
         labels = labels.where(~other.to_numpy(dtype=bool), "misattributed")
