@@ -292,10 +292,15 @@ class Gate:
         except Exception:
             log.exception("could not look for orphaned waits; retrying at the next poll")
             return
+        inline = self._nursery is None or scripts_run_inline()
         for key, index in overdue:
             if now < self._store_down_until:
                 return
-            await self._time_out(key, index, now, now)
+            if inline:
+                await self._time_out(key, index, now, now)
+            else:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._time_out, key, index, now, now)
 
     def _finished_at(self, conversation: Conversation, now: float) -> None:
         if conversation.finished:
