@@ -72,7 +72,7 @@ def replay(timeout: int, conversations: int, calls: list[tuple[float, int | str]
                 except Refused as error:
                     statuses.append(STATUS[error.code])
             await trio.sleep_until(start + timeout + 1)
-            waits = [(w.outcome, w.reason, w.waited_s) for w in ((await gate.get_conversation(k)).waits[0] for k in keys)]
+            waits = [(w.outcome, w.reason, w.waited_s) for w in [(await gate.get_conversation(k)).waits[0] for k in keys]]
             assert sum(gate.stats.resolutions.values()) == conversations  # each wait exactly once
             nursery.cancel_scope.cancel()
             return statuses, waits
