@@ -263,3 +263,98 @@ def test_healthz_answers_within_a_second_while_four_clients_attack(open_gate: Se
             attacker.kill()
             attacker.wait()
     assert max(latencies) <= 1.0, sorted(latencies)[-5:]
+
+
+# -- §17.4 numbers of any size -------------------------------------------------------------------
+
+HUGE = int("9" * 400)
+HOSTILE = {"big": HUGE, "neg": -HUGE, "f": 1e308, "tiny": 5e-324, "text": "1e400", "nan_text": "NaN"}
+
+
+def _numbers_bot() -> dict[str, object]:
+    """Every flow path a value travels: start → message → condition → wait (mapped) → condition →
+    javascript → set_variable → message; and the first wait's timeout path → condition → a second
+    wait whose own timeout ends the conversation."""
+    blocks = {
+        "hello": {"type": "message", "text": "big={{big}} f={{f}} text={{text}}", "next": "is_big"},
+        "script": {"type": "javascript", "next": "copy", "failure": "copy", "code": """
+            const big = wn.getConversationVariable("big");
+            wn.setConversationVariable("js_double", big * 2);
+            wn.setConversationVariable("js_max", Number.MAX_VALUE);
+            wn.setConversationVariable("js_text", String(big) + "{{big}}");
+        """},
+        "is_big": {"type": "condition", "variable": "big", "op": "gt", "value": 1e308, "true": "wait_pay",
+                   "false": "wait_pay"},
+        "wait_pay": {"type": "webhook", "timeout_s": 2, "success": "check_amount", "failure": "timed_out",
+                     "mappings": {"amount": "data.amount", "huge": "data.huge", "first": "data.list[0]"}},
+        "check_amount": {"type": "condition", "variable": "amount", "op": "lt", "value": "1e308",
+                         "true": "script", "false": "script"},
+        "copy": {"type": "set_variable", "name": "copied", "value": "{{amount}}/{{huge}}", "next": "thanks"},
+        "thanks": {"type": "message", "text": "got {{amount}} {{copied}} {{js_double}}", "next": "done"},
+        "timed_out": {"type": "condition", "variable": "big", "op": "equals", "value": "1e400",
+                      "true": "wait_again", "false": "wait_again"},
+        "wait_again": {"type": "webhook", "timeout_s": 1, "success": "done", "failure": "done"},
+        "done": {"type": "end"},
+    }
+    return {"id": "numbers", "start": "hello", "blocks": blocks}
+
+
+@pytest.fixture(scope="module")
+def plain_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("plain") / "serve.log"
+    with harness_serve(log=log) as server:
+        assert httpx.post(f"{server.url}/api/bots", json=_numbers_bot()).status_code == 201
+        yield server
+
+
+@pytest.mark.parametrize("variables", [HOSTILE, {"big": 1e308, "text": str(HUGE)}, {"big": "-" + "9" * 4000}])
+def test_huge_numbers_through_every_flow_path_never_5xx(plain_gate: ServerProcess,
+                                                         variables: dict[str, object]) -> None:
+    url = plain_gate.url
+    with httpx.Client(timeout=30) as client:
+        started = client.post(f"{url}/api/bots/numbers/conversations", json={"variables": variables})
+        assert started.status_code == 201, started.text
+        key = started.json()["conversation_key"]
+        assert started.json()["status"] == "waiting"
+        payload = {"conversation_key": key, "data": {"amount": HUGE, "huge": 1e308, "list": [-HUGE]}}
+        answer = client.post(f"{url}/webhooks/numbers/wait_pay", json=payload)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["mapped"]["amount"] == HUGE
+        conversation = client.get(f"{url}/api/conversations/{key}")
+        assert conversation.status_code == 200
+        assert conversation.json()["status"] == "completed", conversation.text[:500]
+        assert conversation.json()["variables"]["first"] == -HUGE
+
+
+@pytest.mark.parametrize("variables", [HOSTILE, {"big": str(HUGE)}, {"big": -HUGE, "text": "1e999"}])
+def test_a_huge_number_on_the_timeout_path_never_sticks_the_wait(plain_gate: ServerProcess,
+                                                                 variables: dict[str, object]) -> None:
+    """The first wait times out; the timeout path compares the 400-digit variable, opens a second
+    wait, and that one times out too: the conversation ends within its deadlines (plus slack)."""
+    url = plain_gate.url
+    with httpx.Client(timeout=30) as client:
+        key = client.post(f"{url}/api/bots/numbers/conversations",
+                          json={"variables": variables}).json()["conversation_key"]
+        give_up = time.monotonic() + 3 + 15
+        while time.monotonic() < give_up:
+            conversation = client.get(f"{url}/api/conversations/{key}")
+            assert conversation.status_code == 200
+            if conversation.json()["status"] == "completed":
+                break
+            time.sleep(0.2)
+        waits = conversation.json()["waits"]
+        assert conversation.json()["status"] == "completed", conversation.text[:500]
+        assert [(w["block"], w["reason"]) for w in waits] == [("wait_pay", "timeout"), ("wait_again", "timeout")]
+
+
+def test_long_indices_make_the_bot_invalid_and_dot_ids_are_refused(plain_gate: ServerProcess) -> None:
+    bot = {"id": "idx", "start": "w", "blocks": {
+        "w": {"type": "webhook", "timeout_s": 5, "success": "e", "failure": "e", "key_path": "k[1234567]",
+              "mappings": {"v": "d[" + "9" * 5000 + "]", "ok": "d[999999]"}}, "e": {"type": "end"}}}
+    answer = httpx.post(f"{plain_gate.url}/api/bots", json=bot)
+    assert answer.status_code == 422 and answer.json()["error"] == "invalid_bot"
+    problems = json.dumps(answer.json()["problems"])
+    assert "key_path" in problems and "mappings.v" in problems and "mappings.ok" not in problems
+    for bot_id in (".", ".."):
+        answer = httpx.post(f"{plain_gate.url}/api/bots", json={"id": bot_id, "start": "e", "blocks": {"e": {"type": "end"}}})
+        assert answer.status_code == 422, bot_id

@@ -72,7 +72,7 @@ PLACEHOLDER = re.compile(r"\{\{\s*([^{}\n]*?)\s*\}\}")
 _RUNNER = r"""(function (input, code) {
   "use strict";
   var define = Object.defineProperty, describeOwn = Object.getOwnPropertyDescriptor;
-  var freeze = Object.freeze, stringify = JSON.stringify, parse = JSON.parse, toText = String;
+  var freeze = Object.freeze, stringify = JSON.stringify, parse = JSON.parse, toText = String, keys = Object.keys;
   var run = eval;  // an indirect eval: the code runs as a global script, not in this function
   // Lock what the binding touches on an escaping engine error, before any user code runs.
   define(Error, "prepareStackTrace", {value: undefined, writable: false, configurable: false});
@@ -82,13 +82,16 @@ _RUNNER = r"""(function (input, code) {
   define(InternalError.prototype, Symbol.toPrimitive, {writable: false, configurable: false,
     value: function () { var m = this.message; return "InternalError: " + (typeof m === "string" ? m : ""); }});
   var vars = parse(input);
+  var touched = Object.create(null);  // names the script set: the others keep their exact values
   var wn = freeze({
     getConversationVariable: function (name) {
       var found = describeOwn(vars, toText(name));
       return found === undefined ? undefined : found.value;
     },
     setConversationVariable: function (name, value) {
-      define(vars, toText(name), {value: value === undefined ? null : value,
+      name = toText(name);
+      touched[name] = 1;
+      define(vars, name, {value: value === undefined ? null : value,
                                   writable: true, enumerable: true, configurable: true});
     },
   });
@@ -108,7 +111,8 @@ _RUNNER = r"""(function (input, code) {
     }
   }
   // The answer is one flat string made by stringify (the binding cannot read the rope strings
-  // a concatenation may give): a JSON object is the variables, a JSON string is an error.
+  // a concatenation may give): a JSON array [variables, names set] is a success, a JSON string
+  // an error.
   try {
     run(code);
   } catch (error) {
@@ -116,7 +120,7 @@ _RUNNER = r"""(function (input, code) {
   }
   var text;
   try {
-    text = stringify(vars);
+    text = stringify([vars, keys(touched)]);
   } catch (error) {
     return stringify("the variables cannot be read back: " + describe(error));
   }
@@ -228,13 +232,32 @@ def _run(code: str, variables: dict[str, Any], time_limit_s: float) -> dict[str,
         raise ScriptError("the variables cannot be read back (nested too deeply)") from None
     if isinstance(payload, str):
         raise _engine_error(payload, time_limit_s)
-    if not isinstance(payload, dict):
+    if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[0], dict)):
         raise ScriptError("the variables cannot be read back")
+    after, touched = payload
     try:
-        check_json_value(payload)
+        check_json_value(after)
     except ValueError as unsafe:
         raise ScriptError(f"a variable cannot be stored: {unsafe}") from None
-    return payload
+    return _keep_exact_integers(variables, after, set(touched))
+
+
+def _keep_exact_integers(before: dict[str, Any], after: dict[str, Any], touched: set[str]) -> dict[str, Any]:
+    """Put back the integers a JavaScript Number cannot hold, unless the script set them.
+
+    Variables travel into the engine as JSON, where every number is a double: a 400-digit integer
+    becomes ``Infinity`` (read back as null) and 2**53 + 1 loses its last digit, though the script
+    never touched them (SPEC §17.4). An int is immutable, so a variable the script did not set
+    still holds the original value.
+    """
+    for name, value in before.items():
+        if type(value) is int and name not in touched and name in after and not _fits_a_double(value):
+            after[name] = value
+    return after
+
+
+def _fits_a_double(value: int) -> bool:
+    return -(2**53) <= value <= 2**53
 
 
 def _engine_error(message: str, time_limit_s: float) -> ScriptError:
