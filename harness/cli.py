@@ -102,6 +102,9 @@ def serve(
         help="Seconds finished conversations stay in memory (then within 30 s: gone from memory; on SQLite still "
              "readable from disk).")] = 3600.0,
     log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
+    graceful_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM or Ctrl+C, seconds the requests in flight may take to finish (new connections are "
+             "refused meanwhile).")] = 30.0,
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
     import trio
@@ -123,6 +126,9 @@ def serve(
         raise typer.Exit(2)
     if not 0 < body_timeout < float("inf"):
         err.print("--body-timeout: must be a positive number of seconds")
+        raise typer.Exit(2)
+    if not 0 <= graceful_timeout < float("inf"):
+        err.print("--graceful-timeout: must be a number of seconds >= 0")
         raise typer.Exit(2)
     if not 0 <= retention < float("inf"):
         err.print("--retention: must be a number of seconds >= 0")
@@ -152,7 +158,8 @@ def serve(
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
-                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested))
+                api_token=api_token, body_timeout=body_timeout, graceful_timeout=graceful_timeout,
+                shutdown_trigger=stop_requested))
             names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
             err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
 

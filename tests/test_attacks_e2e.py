@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -358,3 +359,61 @@ def test_long_indices_make_the_bot_invalid_and_dot_ids_are_refused(plain_gate: S
     for bot_id in (".", ".."):
         answer = httpx.post(f"{plain_gate.url}/api/bots", json={"id": bot_id, "start": "e", "blocks": {"e": {"type": "end"}}})
         assert answer.status_code == 422, bot_id
+
+
+# -- §17.6 graceful stop -------------------------------------------------------------------------
+
+SLOW_STEP = "const t = Date.now(); while (Date.now() - t < 150) {}"
+
+
+def _slow_bot() -> dict[str, object]:
+    """After its wait, a flow step of three 150 ms scripts: calls in flight take a while to answer."""
+    return {"id": "slow", "start": "wait", "blocks": {
+        "wait": {"type": "webhook", "timeout_s": 300, "success": "s1", "failure": "end"},
+        "s1": {"type": "javascript", "code": SLOW_STEP, "next": "s2"},
+        "s2": {"type": "javascript", "code": SLOW_STEP, "next": "s3"},
+        "s3": {"type": "javascript", "code": SLOW_STEP, "next": "end"},
+        "end": {"type": "end"}}}
+
+
+def test_sigterm_answers_every_committed_call(tmp_path: Path) -> None:
+    """Twelve calls in flight whose flows take ≈ 0.5 s of scripts each; SIGTERM right after they
+    are sent. Each call the store shows as committed (its wait resolved `success`) got its 200."""
+    database = tmp_path / "gate.db"
+    with harness_serve("--store", f"sqlite:{database}", log=tmp_path / "serve.log") as server:
+        assert httpx.post(f"{server.url}/api/bots", json=_slow_bot()).status_code == 201
+        keys = [httpx.post(f"{server.url}/api/bots/slow/conversations").json()["conversation_key"]
+                for _ in range(12)]
+        answers: dict[str, int | str] = {}
+        clients = {key: httpx.Client(timeout=60) for key in keys}
+        for client in clients.values():
+            client.get(f"{server.url}/healthz")  # connected before the race starts
+        go = threading.Barrier(len(keys) + 1)
+
+        def call(key: str) -> None:
+            go.wait()
+            try:
+                answers[key] = clients[key].post(f"{server.url}/webhooks/slow/wait",
+                                                 json={"conversation_key": key}).status_code
+            except httpx.HTTPError as error:
+                answers[key] = type(error).__name__
+
+        threads = [threading.Thread(target=call, args=(key,)) for key in keys]
+        for thread in threads:
+            thread.start()
+        go.wait()
+        with httpx.Client(timeout=10) as probe:  # SIGTERM once the first call has committed
+            while probe.get(f"{server.url}/api/conversations/{keys[-1]}").json()["status"] == "waiting" and \
+                    probe.get(f"{server.url}/api/conversations/{keys[0]}").json()["status"] == "waiting":
+                time.sleep(0.02)
+        server.process.terminate()
+        for thread in threads:
+            thread.join()
+        for client in clients.values():
+            client.close()
+        assert server.process.wait(timeout=60) == 0
+    with harness_serve("--store", f"sqlite:{database}", log=tmp_path / "serve2.log") as server:
+        committed = [key for key in keys
+                     if httpx.get(f"{server.url}/api/conversations/{key}").json()["waits"][0]["outcome"] == "success"]
+    assert committed, answers
+    assert {key: answers[key] for key in committed} == dict.fromkeys(committed, 200)
