@@ -417,3 +417,62 @@ def test_sigterm_answers_every_committed_call(tmp_path: Path) -> None:
                      if httpx.get(f"{server.url}/api/conversations/{key}").json()["waits"][0]["outcome"] == "success"]
     assert committed, answers
     assert {key: answers[key] for key in committed} == dict.fromkeys(committed, 200)
+
+
+# -- §17.3 scripts stopped whatever they run -----------------------------------------------------
+
+BIGINT_RUNAWAY = "const a = 10n ** 100000n; let s; for (let i = 0; i < 6; i++) { s = (a * a).toString(); }"
+
+
+def _script_bot(bot_id: str, code: str) -> dict[str, object]:
+    return {"id": bot_id, "start": "run", "blocks": {
+        "run": {"type": "javascript", "code": code, "next": "end", "failure": "failed"},
+        "failed": {"type": "message", "text": "the script failed", "next": "end"},
+        "end": {"type": "end"}}}
+
+
+def test_a_bigint_runaway_is_stopped_and_holds_nobody_up(tmp_path: Path) -> None:
+    """Inline, this script runs ≈ 13 s of native BigInt code the engine never interrupts. Served, it
+    fails as a time-limit error within its 0.5 s limit plus 0.5 s; other conversations' scripts
+    keep running meanwhile; SIGTERM does not wait for it."""
+    with harness_serve(log=tmp_path / "serve.log") as server, httpx.Client(timeout=60) as client:
+        for bot in (_script_bot("runaway", BIGINT_RUNAWAY), _script_bot("quick", 'wn.setConversationVariable("ok", 1)')):
+            assert client.post(f"{server.url}/api/bots", json=bot).status_code == 201
+        client.post(f"{server.url}/api/bots/quick/conversations")  # the workers are up
+
+        started = time.monotonic()
+        answer = client.post(f"{server.url}/api/bots/runaway/conversations")
+        took = time.monotonic() - started
+        assert answer.status_code == 201
+        assert answer.json()["transcript"] == [{"block": "failed", "text": "the script failed"}]
+        assert took <= 2.0, took  # SPEC: 0.5 s + 0.5 s; margin for a loaded machine
+
+        runaway_answers: list[float] = []
+
+        def runaway() -> None:
+            with httpx.Client(timeout=60) as own:
+                begun = time.monotonic()
+                own.post(f"{server.url}/api/bots/runaway/conversations")
+                runaway_answers.append(time.monotonic() - begun)
+
+        threads = [threading.Thread(target=runaway) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        quick = client.post(f"{server.url}/api/bots/quick/conversations")
+        assert quick.json()["variables"]["ok"] == 1
+        assert time.monotonic() - started <= 2.5  # at most one runaway's limit + grace ahead of it
+        for thread in threads:
+            thread.join()
+        assert max(runaway_answers) <= 4.0, runaway_answers
+
+        client.close()  # idle keep-alive connections are not what this is about
+        stopper = threading.Thread(target=runaway)
+        stopper.start()
+        time.sleep(1.0)
+        stopped_at = time.monotonic()
+        server.process.terminate()
+        server.process.wait(timeout=30)
+        assert time.monotonic() - stopped_at <= 5.0
+        stopper.join()

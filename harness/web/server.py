@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..core.errors import STATUS_BY_CODE, Refused
 from ..core.gate import LATENESS_BUCKETS, Gate
+from ..core.js import prestart_script_workers
 from ..core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
 from .dashboard import register_dashboard
 from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
@@ -252,6 +253,7 @@ async def serve(
             nursery.cancel_scope.cancel()  # graceful shutdown done: stop the deadline scheduler too
 
         await nursery.start(gate.run)
+        prestart_script_workers()  # their start-up (an interpreter each) is not charged to the first script
         bound = await nursery.start(http)
         base_url = bound[0] if bound else f"http://{host}:{port}"
         if public_url is None:
