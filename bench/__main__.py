@@ -10,22 +10,15 @@ from . import (
     http_throughput,
     live,
     retention_memory,
-<<<<<<< HEAD
     scripts,
-=======
     sweep,
->>>>>>> main
     timer_lateness,
     virtual_time,
     waits_memory,
 )
 
-<<<<<<< HEAD
-BENCHMARKS = [cli_startup, virtual_time, engines, live, http_throughput, waits_memory, timer_lateness, retention_memory,
-              scripts]
-=======
-BENCHMARKS = [cli_startup, virtual_time, engines, sweep, live, http_throughput, waits_memory, timer_lateness, retention_memory]
->>>>>>> main
+BENCHMARKS = [cli_startup, virtual_time, engines, sweep, live, http_throughput, waits_memory, timer_lateness,
+              retention_memory, scripts]
 
 
 def main() -> None:
