@@ -147,7 +147,7 @@ signature = []
         "cases[1] (b).expect.outcome: must be success or failure, got 'maybe'",
         "cases[1] (b).expect.status: must be an HTTP status code, got 700",
         "cases[1] (b).thresholds: unknown metric 'p42(waited_s)'; use success_rate, failure_rate, timeout_rate, "
-        "misattributed_rate, late_rate or p50/p95/p99/mean/max of waited_s or delay_s, e.g. p95(waited_s)",
+        "misattributed_rate, late_rate, early_rate or p50/p95/p99/mean/max of waited_s or delay_s, e.g. p95(waited_s)",
         "cases[1] (b).thresholds: 'success_rate ~ 1' is not \"metric op number\" (ops: < <= > >= ==)",
     ]
 

@@ -56,7 +56,7 @@ def auto_workers(scenario: Scenario) -> int:
 
 
 def _cost(subcase: SubCase, conversations: int) -> int:
-    return conversations * (subcase.calls + 2)  # requests: start, calls, read back
+    return conversations * (1 + sum(party.calls + 1 for party in subcase.parties))  # start; per party: calls, read back
 
 
 def plan_shards(scenario: Scenario, shards: int) -> list[list[Plan]]:
@@ -71,7 +71,8 @@ def plan_shards(scenario: Scenario, shards: int) -> list[list[Plan]]:
     pieces: list[Plan] = []
     for subcase in scenario.subcases:
         n = subcase.conversations
-        parts = 1 if subcase.key == "other" else max(1, min(shards, math.ceil(_cost(subcase, n) / share)))
+        others = any(party.key == "other" for party in subcase.parties)  # keys that depend on each other: one piece
+        parts = 1 if others else max(1, min(shards, math.ceil(_cost(subcase, n) / share)))
         bounds = [round(n * i / parts) for i in range(parts + 1)]
         pieces += [Plan(subcase.index, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
     groups: list[list[Plan]] = [[] for _ in range(min(shards, len(pieces)))]
