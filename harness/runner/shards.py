@@ -35,7 +35,7 @@ import trio.testing
 
 from ..gc_tuning import long_lived_state_out_of_gc
 from .drivers import open_driver
-from .engine import Plan, execute, whole_plans
+from .engine import Plan, SeededKeys, execute, whole_plans
 from .results import ResultBlock
 from .scenario import Scenario, SubCase
 
@@ -92,10 +92,12 @@ def run_virtual(scenario: Scenario, *, plans: list[Plan] | None = None, driver: 
                 on_conversation_started: Progress = None, on_conversation_done: Progress = None) -> list[ResultBlock]:
     """Run ``plans`` (default: the whole scenario) in this process against a fresh in-process gate."""
 
+    keys = SeededKeys(scenario.seed, scenario.name)  # keys per conversation: the same however the run is spread
+
     async def main() -> list[ResultBlock]:
-        async with open_driver(driver) as gate_driver:
+        async with open_driver(driver, new_key=keys) as gate_driver:
             return await execute(scenario, gate_driver, plans=plans, on_conversation_started=on_conversation_started,
-                                 on_conversation_done=on_conversation_done)
+                                 on_conversation_done=on_conversation_done, keys=keys)
 
     with long_lived_state_out_of_gc():
         return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
