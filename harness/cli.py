@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -164,13 +164,18 @@ def serve(
     err.print("stopped")
 
 
-def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:
-    """Print one table per scenario and the verdict line (last on stdout); return the verdicts."""
+def _print_summary(frame: pd.DataFrame, loaded: list[Any] | None = None, mode: str = "virtual") -> list[CaseResult]:
+    """Print one table per scenario and the verdict line (last on stdout); return the verdicts.
+
+    ``loaded``: the scenarios run, whose sub-cases left out by their ``modes`` are listed as skipped."""
     from rich.measure import Measurement
 
-    from .runner.report import case_results, verdict_line
+    from .runner.report import case_results, in_run_order, skipped_results, verdict_line
 
     results = case_results(frame)
+    if loaded is not None:
+        skipped = [result for scenario in loaded for result in skipped_results(scenario, mode)]
+        results = in_run_order(loaded, results, skipped)
     scenarios: dict[str, list[CaseResult]] = {}
     for result in results:
         scenarios.setdefault(result.scenario, []).append(result)
@@ -198,7 +203,12 @@ def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for result in cases:
         row = result.summary
-        cells = (result.case, result.variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
+        variant = ",".join(filter(None, (result.variant, f"party={result.party}" if result.named_party else "")))
+        if result.skipped is not None:
+            table.add_row(Text(result.case), Text(variant), Text("-"), *(Text("") for _ in range(7)),
+                          Text(f"skipped: {result.skipped}"), style="dim")
+            continue
+        cells = (result.case, variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
                  f"{row['timeout_rate']:.1%}", f"{row['misattributed_rate']:.1%}", row["statuses"],
                  f"{row['p50_waited_s']:.2f}/{row['p95_waited_s']:.2f} s", _expectations(row),
                  row["thresholds"].replace("; ", "\n"))
@@ -217,6 +227,9 @@ def _print_stacked(scenario: str, cases: list[CaseResult]) -> None:
     out.print(Text(f"scenario {scenario}", style="italic"))
     for result in cases:
         row = result.summary
+        if result.skipped is not None:
+            out.print(Text(f"- {result.label}  skipped: {result.skipped}", style="dim"))
+            continue
         lines = [
             f"{'✓' if result.passed else '✗'} {result.label}  n {row['n']}, expect {_expectations(row)}",
             f"    success {row['success_rate']:.1%}  failure {row['failure_rate']:.1%}  "
@@ -254,6 +267,9 @@ def run(
         "--junit-xml", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
     summary_json: Annotated[Path | None, typer.Option(
         "--summary-json", help="Write the per-case summary as JSON (SPEC §12).")] = None,
+    time_scale: Annotated[float, typer.Option(
+        "--time-scale", help="Multiply every duration (delays, gaps, retries, arrivals, timeouts, time thresholds) "
+        "by this factor, e.g. 0.1 for a quick live rehearsal.")] = 1.0,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
     import time
@@ -261,11 +277,15 @@ def run(
     import pandas as pd
 
     from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
+    from .runner.api import runnable
     from .runner.progress import progress_display
     from .runner.report import write_junit_xml, write_summary_json
 
     if driver not in ("asgi", "core"):
         err.print(f"--driver: one of asgi, core; got {driver!r}")
+        raise typer.Exit(2)
+    if not 0 < time_scale < float("inf"):
+        err.print(f"--time-scale: a positive number; got {time_scale!r}")
         raise typer.Exit(2)
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         err.print(f"--out {out}: results go to a .parquet or .csv file")
@@ -294,13 +314,13 @@ def run(
     with contextlib.ExitStack() as stack:
         executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
         for scenario in loaded:
-            total = sum(subcase.conversations for subcase in scenario.subcases)
+            total = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
             began = time.monotonic()
             with progress_display(scenario.name, total, console=err) as progress:
                 try:
                     frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency,
                                                       workers=workers, executor=executor, driver=driver,
-                                                      progress=progress, api_token=api_token))
+                                                      progress=progress, api_token=api_token, time_scale=time_scale))
                 except RunError as error:
                     err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
                     raise typer.Exit(1) from None
@@ -309,7 +329,7 @@ def run(
     if out is not None:
         save_results(frame, out)
         err.print(f"{len(frame)} rows written to {out}")
-    results = _print_summary(frame)
+    results = _print_summary(frame, loaded, "live" if target is not None else "virtual")
     if junit_xml is not None:
         write_junit_xml(results, junit_xml, durations_s=durations_s)
     if summary_json is not None:
