@@ -55,6 +55,7 @@ __all__ = ["RunError", "Plan", "SeededKeys", "execute", "derangement", "whole_pl
 
 CONTENT_TYPES = {"json": "application/json", "form": "application/x-www-form-urlencoded"}
 REAL_TIME_MARGIN_S = 0.05  # how long after a deadline a live run first looks for the timeout
+LIVE_START_SLOTS = 16  # starts in flight at most against a live gate (of the driver's 64 connections)
 MAX_POLL_S = 30.0  # a wait still open this long after its deadline is reported as unresolved
 _SENTINEL = "\x00harness-key\x00"
 _NONE = -1
@@ -542,7 +543,11 @@ class _SubCaseRun:
         if engine.keys is not None:
             engine.keys.next_for(self.subcase.index, index)
         try:
-            key, problem = await driver.start(self.bot_id)
+            if engine.start_slots is None:
+                key, problem = await driver.start(self.bot_id)
+            else:
+                async with engine.start_slots:
+                    key, problem = await driver.start(self.bot_id)
         except TRANSPORT_ERRORS as error:
             key, problem = None, f"{type(error).__name__}: {error}"
         now = trio.current_time()
@@ -624,6 +629,9 @@ class _Engine:
     def __init__(self, driver: Driver, on_started: Callable[[], None] | None,
                  on_done: Callable[[], None] | None, keys: SeededKeys | None = None) -> None:
         self.driver, self.on_started, self.on_done, self.keys = driver, on_started, on_done, keys
+        # Live: a burst of starts must not queue the third parties' calls behind it (a call that
+        # waits for a free connection arrives late): starts get a few connections, calls the rest.
+        self.start_slots = None if driver.virtual else trio.Semaphore(LIVE_START_SLOTS)
         self.heap: list[tuple[float, int, Callable[..., Awaitable[None]], tuple[Any, ...]]] = []
         self.sequence = itertools.count()
         self.wake: trio.Event | None = None  # live: set when an event earlier than the sleep's is pushed
