@@ -22,6 +22,7 @@ SMALL = {
     "key_mismatch.ipynb": "conversations = 40",
     "results_from_file.ipynb": "",
     "fit_processor_delays.ipynb": "conversations = 150\ntimeouts = [120, 150, 180, 210]",
+    "two_events.ipynb": "conversations = 60\ngaps = [-4, -1, 0, 1, 4]",
 }
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from dataclasses import replace
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 

@@ -25,9 +25,9 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import h11

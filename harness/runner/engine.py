@@ -31,6 +31,7 @@ the other cases or on how the run is spread, and the sub-cases of a sweep share 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import heapq
 import itertools
@@ -510,11 +511,14 @@ class _SubCaseRun:
             if subcase.arrival_rate is not None:
                 self.starts = np.cumsum(rng.exponential(1.0 / subcase.arrival_rate, n))[self.window]
 
+        def no_starts() -> None:
+            pass
+
         self.parties: list[_PartyRun] = []
         for position, party in enumerate(subcase.parties):
             rng = np.random.default_rng([scenario.seed, subcase.case_index] + ([position] if position else []))
             self.parties.append(_PartyRun(self, scenario, position, party, rng,
-                                          (lambda rng=rng: draw_starts(rng)) if position == 0 else (lambda: None)))
+                                          functools.partial(draw_starts, rng) if position == 0 else no_starts))
         self.holds_per_conversation = len(self.parties) + sum(p.targets is not None for p in self.parties)
         # How long after its start a conversation is looked at, at most: every wait it may pass through.
         timeouts = dict(subcase.timeouts())

@@ -329,8 +329,8 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
     for position, table in enumerate(party_tables):
         for name in PARTY_SWEEPABLE:
             if name in table:
-                label = f"parties[{position}].{name}"
-                dimensions.append((label, name, position, parse_choices(name, table[name], label)))
+                own_label = f"parties[{position}].{name}"
+                dimensions.append((own_label, name, position, parse_choices(name, table[name], own_label)))
 
     # The fields that do not sweep, per party: validated once each.
     fixed: list[dict[str, Any]] = []
@@ -339,15 +339,15 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
         def label(name: str, position: int = position, table: dict[str, Any] = table) -> str:
             return f"parties[{position}].{name}" if name in table else name
 
-        values = {name: table.get(name, merged.get(name)) for name in PARTY_FIELDS if name not in PARTY_SWEEPABLE}
+        values: dict[str, Any] = {name: table.get(name, merged.get(name)) for name in PARTY_FIELDS if name not in PARTY_SWEEPABLE}
         if not explicit:
             values["block"] = merged.get("block")
         fixed.append(_party_fixed(values, table, merged, bot, label, bad))
 
     if errors or bot is None or not party_tables or any(f["block"] is None for f in fixed):
         return []
-    for (label_text, name, position, values) in dimensions:
-        if name == "key" and "other" in values:
+    for label_text, name, _, choices in dimensions:
+        if name == "key" and "other" in choices:
             conversations = dimensions[0][3]  # `conversations` comes first
             if conversations and min(conversations) < 2:
                 bad(label_text, "key = \"other\" needs at least 2 conversations (a derangement of the keys)")
@@ -365,18 +365,18 @@ def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | 
             for d, value in zip(dimensions, combination) if any(d is s for s in swept))
         parties = []
         for position, party_fixed in enumerate(fixed):
-            values = {name: own[position].get(name, case_values[name]) for name in PARTY_SWEEPABLE}
+            chosen: dict[str, Any] = {name: own[position].get(name, case_values[name]) for name in PARTY_SWEEPABLE}
             block_timeout = bot.blocks[party_fixed["block"]].timeout_s
-            timeout = values["timeout_s"]
+            timeout = chosen["timeout_s"]
             parties.append(Party(
                 block=party_fixed["block"],
                 timeout_s=timeout if timeout is not None else block_timeout,
                 timeout_overridden=timeout is not None and timeout != block_timeout,
-                delay=values["delay_s"],
-                key=values["key"],
-                calls=values["calls"],
-                call_gap_s=float(values["call_gap_s"]),
-                signature=values["signature"],
+                delay=chosen["delay_s"],
+                key=chosen["key"],
+                calls=chosen["calls"],
+                call_gap_s=float(chosen["call_gap_s"]),
+                signature=chosen["signature"],
                 payload=party_fixed["payload"],
                 encoding=party_fixed["encoding"],
                 expect=party_fixed["expect"],
