@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import sys
 
-from . import dashboard, engines, http_throughput, live, retention_memory, timer_lateness, virtual_time, waits_memory
+from . import (
+    cli_startup,
+    dashboard,
+    engines,
+    http_throughput,
+    live,
+    retention_memory,
+    timer_lateness,
+    virtual_time,
+    waits_memory,
+)
 
-BENCHMARKS = [virtual_time, engines, live, http_throughput, waits_memory, timer_lateness, retention_memory, dashboard]
+BENCHMARKS = [cli_startup, virtual_time, engines, live, http_throughput, waits_memory, timer_lateness, retention_memory,
+              dashboard]
 
 
 def main() -> None:

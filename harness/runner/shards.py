@@ -35,7 +35,7 @@ import trio.testing
 
 from ..gc_tuning import long_lived_state_out_of_gc
 from .drivers import open_driver
-from .engine import Plan, SeededKeys, execute, whole_plans
+from .engine import Plan, RunInterrupted, SeededKeys, execute, whole_plans
 from .results import ResultBlock
 from .scenario import Scenario, SubCase
 
@@ -171,13 +171,22 @@ def run_spread(scenario: Scenario, workers: int, *, executor: Executor | None = 
             with _script_not_rerun():
                 futures = [pool.submit(run_shard, _shard_scenario(scenario, group), group, driver, progress)
                            for group in groups]
-            while progress is not None:
-                finished, _ = wait(futures, timeout=0.1)
-                _drain(progress, on_conversation_started, on_conversation_done)
-                if len(finished) == len(futures):
+            try:
+                while progress is not None:
+                    finished, _ = wait(futures, timeout=0.1)
                     _drain(progress, on_conversation_started, on_conversation_done)
-                    break
-            blocks = [block for future in futures for block in future.result()]
+                    if len(finished) == len(futures):
+                        _drain(progress, on_conversation_started, on_conversation_done)
+                        break
+                blocks = [block for future in futures for block in future.result()]
+            except KeyboardInterrupt:
+                # Stop now, not when every shard is done: the shards that finished keep their rows.
+                done = [block for future in futures if future.done() and not future.cancelled() and future.exception() is None
+                        for block in future.result()]
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise RunInterrupted(sorted(done, key=lambda block: block.sort_key)) from None
     finally:
         if manager is not None:
             manager.shutdown()
