@@ -631,6 +631,13 @@ class _SubCaseRun:
                                        [(run.party.block, "success", "received", accepted["waited_s"])], {})
             if call.pending == 0 and call.observe_at > trio.current_time():
                 other.observe_at(call, trio.current_time())
+        # The flow moved on: a later block's wait may have opened and used a held early call at
+        # once. Parties that are done calling look now instead of at their own deadline.
+        target = self.conversations.get(target_index)
+        now = trio.current_time()
+        for call in target.calls if target is not None else ():
+            if call.run.party.block != run.party.block and call.pending == 0 and not call.done and call.observe_at > now:
+                call.run.observe_at(call, now)
 
     def fail(self, call: _Call, problem: str) -> None:
         if call.errors is None:
