@@ -372,7 +372,7 @@ class _PartyRun:
         try:
             status, accepted = await engine.driver.call(self.sub.bot_id, self.party.block, body, headers)
         except TRANSPORT_ERRORS as error:
-            self.sub.fail(call, f"{type(error).__name__}: {error}")
+            self.sub.fail(call, _problem(error))
             return
         call.statuses.append(status)
         now = trio.current_time()
@@ -432,7 +432,7 @@ class _PartyRun:
             try:
                 observed, problem = await driver.read(conversation.key)
             except TRANSPORT_ERRORS as error:
-                observed, problem = None, f"{type(error).__name__}: {error}"
+                observed, problem = None, _problem(error)
             if observed is None:
                 self.sub.fail(call, problem or "not read")
                 return
@@ -581,7 +581,7 @@ class _SubCaseRun:
                 async with engine.start_slots:
                     key, problem = await driver.start(self.bot_id)
         except TRANSPORT_ERRORS as error:
-            key, problem = None, f"{type(error).__name__}: {error}"
+            key, problem = None, _problem(error)
         now = trio.current_time()
         conversation.key = self.keys[index - self.first] = key
         conversation.opened_at = now
@@ -733,7 +733,7 @@ async def execute(
     try:
         bot_ids = await register_bots(scenario, subcases, driver)
     except TRANSPORT_ERRORS as error:
-        raise RunError(f"cannot reach the gate at {driver.client.base_url}: {error}") from None
+        raise RunError(f"cannot reach the gate at {driver.client.base_url}: {_problem(error)}") from None
     engine = _Engine(driver, on_conversation_started, on_conversation_done, keys)
     runs = []
     base_time = trio.current_time()
@@ -749,6 +749,13 @@ async def execute(
             raise RunInterrupted([party.finished_result(scenario) for run in runs for party in run.parties]) from None
         raise
     return [block for run in runs for block in run.result(scenario)]
+
+
+def _problem(error: BaseException) -> str:
+    """A transport error as a row's ``error`` text; a timeout says what it waited for."""
+    text = str(error) or ("no answer in time (the gate is overloaded or unreachable)"
+                          if isinstance(error, trio.TooSlowError) else "")
+    return f"{type(error).__name__}: {text}"
 
 
 def _reenters(bot: Bot, block_id: str) -> bool:
