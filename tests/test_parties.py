@@ -223,3 +223,22 @@ def test_summary_and_junit_of_a_run_with_parties_are_written_by_the_cli(tmp_path
     assert {c["party"] for c in document["scenarios"][0]["cases"]} == {0, 1}
     assert "either_order[party=1]" in {t.get("name") for t in ET.parse(junit).getroot().iter("testcase")}
     assert not math.isnan(document["scenarios"][0]["cases"][1]["success_rate"])
+
+
+def test_progress_counts_each_start_as_it_happens_and_each_conversation_once() -> None:
+    import trio
+
+    from harness.runner import as_scenario, run_loaded_scenario
+
+    events: list[tuple[str, float]] = []
+    document = two_party_scenario({"delay_s": 100}, {"delay_s": 90}, conversations=20, arrival_rate=1)
+    frame = run_loaded_scenario(as_scenario(document), workers=1,
+                                on_conversation_started=lambda: events.append(("started", trio.current_time())),
+                                on_conversation_done=lambda: events.append(("done", trio.current_time())))
+    assert len(frame) == 40  # two rows per conversation, one "done" each
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("started") == kinds.count("done") == 20
+    # Starts are counted while they happen (one a second, Poisson), long before the first finish.
+    assert kinds[:20] == ["started"] * 20
+    start_times = [at for kind, at in events if kind == "started"]
+    assert start_times == sorted(start_times) and start_times[-1] - start_times[0] > 5
