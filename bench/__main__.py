@@ -11,13 +11,13 @@ from . import (
     http_throughput,
     live,
     retention_memory,
+    sweep,
     timer_lateness,
     virtual_time,
     waits_memory,
 )
 
-BENCHMARKS = [cli_startup, virtual_time, engines, live, http_throughput, waits_memory, timer_lateness, retention_memory,
-              dashboard]
+BENCHMARKS = [cli_startup, virtual_time, engines, sweep, live, http_throughput, waits_memory, timer_lateness, retention_memory, dashboard]
 
 
 def main() -> None:

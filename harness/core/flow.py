@@ -116,19 +116,24 @@ async def advance(conversation: Conversation, bot: Bot, block_id: str | None, no
     """
     inline = scripts_run_inline()
     engine = _step(conversation, bot, block_id, (lambda: now) if inline else trio.current_time)
+    if inline:
+        return await _drive(engine, copy_variables=False)
     # Shielded: a step cut short (a client hanging up) would leave the conversation `running`
     # for good; the step budget bounds how long the shield can hold.
-    wait: Wait | None = None
-    with trio.CancelScope(shield=not inline):
-        try:
-            script = next(engine)
-            while True:
-                variables = script.variables if inline else dict(script.variables)  # a thread reads it
-                run = await run_script_async(script.code, variables, time_limit_s=script.time_limit_s)
-                script = engine.send(run)
-        except StopIteration as done:
-            wait = done.value
+    with trio.CancelScope(shield=True):
+        wait = await _drive(engine, copy_variables=True)
     return wait
+
+
+async def _drive(engine: Generator[_Script, ScriptRun, Wait | None], *, copy_variables: bool) -> Wait | None:
+    """Feed the engine each script's run until the step ends; return what it returns."""
+    try:
+        script = next(engine)
+        while True:
+            variables = dict(script.variables) if copy_variables else script.variables  # a thread reads a copy
+            script = engine.send(await run_script_async(script.code, variables, time_limit_s=script.time_limit_s))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 def _step(conversation: Conversation, bot: Bot, block_id: str | None,

@@ -48,6 +48,7 @@ async def snapshot(gate: Gate, deliveries: Deliveries | None = None) -> dict[str
 
     Its cost does not grow with the number of open waits: the store answers the soonest
     :data:`MAX_OPEN_WAITS` from its deadline index and the count from a maintained counter.
+
     With ``deliveries`` (the web layer's record of webhook answers): the last calls, accepted and
     refused, newest first, and ``refused`` — the last 50 refused calls (SPEC §16.3).
     """
