@@ -6,6 +6,7 @@ import sys
 
 from . import (
     cli_startup,
+    dashboard,
     engines,
     http_throughput,
     live,
@@ -18,7 +19,7 @@ from . import (
 )
 
 BENCHMARKS = [cli_startup, virtual_time, engines, sweep, live, http_throughput, waits_memory, timer_lateness,
-              retention_memory, scripts]
+              retention_memory, scripts, dashboard]
 
 
 def main() -> None:
