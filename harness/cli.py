@@ -393,7 +393,7 @@ def run(
     summary_json: Annotated[Path | None, typer.Option(
         "--summary-json", metavar="FILE", help="Write the per-case summary as JSON (SPEC §12).")] = None,
     time_scale: Annotated[float, typer.Option(
-        "--time-scale", help="Multiply every duration (delays, gaps, retries, arrivals, timeouts, time thresholds) "
+        "--time-scale", metavar="FACTOR", help="Multiply every duration (delays, gaps, retries, arrivals, timeouts, time thresholds) "
         "by this factor, e.g. 0.1 for a quick live rehearsal.")] = 1.0,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails.
