@@ -11,13 +11,15 @@ from . import (
     http_throughput,
     live,
     retention_memory,
+    scripts,
     sweep,
     timer_lateness,
     virtual_time,
     waits_memory,
 )
 
-BENCHMARKS = [cli_startup, virtual_time, engines, sweep, live, http_throughput, waits_memory, timer_lateness, retention_memory, dashboard]
+BENCHMARKS = [cli_startup, virtual_time, engines, sweep, live, http_throughput, waits_memory, timer_lateness,
+              retention_memory, scripts, dashboard]
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -165,6 +165,10 @@ def serve(
              "readable from disk).")] = 3600.0,
     log_level: Annotated[str, typer.Option(
         metavar="LEVEL", help="info logs one JSON line per resolution and per refused call; warning: errors only.")] = "info",
+    graceful_timeout: Annotated[float, typer.Option(
+        metavar="SECONDS",
+        help="On SIGTERM or Ctrl+C, seconds the requests in flight may take to finish (new connections are "
+             "refused meanwhile).")] = 30.0,
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
     level = logging.getLevelName(log_level.upper())
@@ -176,6 +180,8 @@ def serve(
         fail("--body-timeout: must be a positive number of seconds")
     if not 0 <= retention < float("inf"):
         fail("--retention: must be a number of seconds >= 0")
+    if not 0 <= graceful_timeout < float("inf"):
+        fail("--graceful-timeout: must be a number of seconds >= 0")
     if not 0 <= port <= 65535:
         fail(f"--port: must be 0..65535, got {port}")
     import trio
@@ -217,7 +223,8 @@ def serve(
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
-                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested))
+                api_token=api_token, body_timeout=body_timeout, graceful_timeout=graceful_timeout,
+                shutdown_trigger=stop_requested))
             listening = True
             names = ", ".join(bot.id for bot in await gate_store.bots()) or "none"
             say(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop")
@@ -235,14 +242,19 @@ def serve(
     say("stopped")
 
 
-def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:
-    """Print one table per scenario and the verdict line (last on stdout); return the verdicts."""
+def _print_summary(frame: pd.DataFrame, loaded: list[Any] | None = None, mode: str = "virtual") -> list[CaseResult]:
+    """Print one table per scenario and the verdict line (last on stdout); return the verdicts.
+
+    ``loaded``: the scenarios run, whose sub-cases left out by their ``modes`` are listed as skipped."""
     from rich.measure import Measurement
 
-    from .runner.report import case_results, verdict_line
+    from .runner.report import case_results, in_run_order, skipped_results, verdict_line
 
     out = _stdout_console()
     results = case_results(frame)
+    if loaded is not None:
+        skipped = [result for scenario in loaded for result in skipped_results(scenario, mode)]
+        results = in_run_order(loaded, results, skipped)
     scenarios: dict[str, list[CaseResult]] = {}
     for result in results:
         scenarios.setdefault(result.scenario, []).append(result)
@@ -270,7 +282,12 @@ def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
         table.add_column(Text(column), justify=justify)  # type: ignore[arg-type]
     for result in cases:
         row = result.summary
-        cells = (result.case, result.variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
+        variant = ",".join(filter(None, (result.variant, f"party={result.party}" if result.named_party else "")))
+        if result.skipped is not None:
+            table.add_row(Text(result.case), Text(variant), Text("-"), *(Text("") for _ in range(7)),
+                          Text(f"skipped: {result.skipped}"), style="dim")
+            continue
+        cells = (result.case, variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
                  f"{row['timeout_rate']:.1%}", f"{row['misattributed_rate']:.1%}", row["statuses"],
                  f"{row['p50_waited_s']:.2f}/{row['p95_waited_s']:.2f} s", _expectations(row),
                  row["thresholds"].replace("; ", "\n"))
@@ -289,6 +306,9 @@ def _print_stacked(out: Console, scenario: str, cases: list[CaseResult]) -> None
     out.print(Text(f"scenario {scenario}", style="italic"))
     for result in cases:
         row = result.summary
+        if result.skipped is not None:
+            out.print(Text(f"- {result.label}  skipped: {result.skipped}", style="dim"))
+            continue
         lines = [
             f"{'✓' if result.passed else '✗'} {result.label}  n {row['n']}, expect {_expectations(row)}",
             f"    success {row['success_rate']:.1%}  failure {row['failure_rate']:.1%}  "
@@ -372,6 +392,9 @@ def run(
         "--junit-xml", metavar="FILE", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
     summary_json: Annotated[Path | None, typer.Option(
         "--summary-json", metavar="FILE", help="Write the per-case summary as JSON (SPEC §12).")] = None,
+    time_scale: Annotated[float, typer.Option(
+        "--time-scale", metavar="FACTOR", help="Multiply every duration (delays, gaps, retries, arrivals, timeouts, time thresholds) "
+        "by this factor, e.g. 0.1 for a quick live rehearsal.")] = 1.0,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails.
 
@@ -380,6 +403,8 @@ def run(
     """
     if driver not in ("asgi", "core"):
         fail(f"--driver: one of asgi, core; got {driver!r}")
+    if not 0 < time_scale < float("inf"):
+        fail(f"--time-scale: a positive number; got {time_scale!r}")
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         fail(f"--out {out}: results go to a .parquet or .csv file")
     for option, report_path in (("--junit-xml", junit_xml), ("--summary-json", summary_json)):
@@ -409,24 +434,26 @@ def run(
     import pandas as pd
 
     from .runner import RunError, run_loaded_scenario, save_results, to_frame
+    from .runner.api import runnable
     from .runner.engine import RunInterrupted
     from .runner.progress import progress_display
     from .runner.report import write_junit_xml, write_summary_json
 
-    total = sum(subcase.conversations for scenario in loaded for subcase in scenario.subcases)
+    total = sum(subcase.conversations for scenario in loaded
+                for subcase in runnable(scenario, live=target is not None).subcases)
     frames, durations_s = [], dict[str, float]()
     interrupted: int | None = None  # the exit code, once a signal stopped the run
     with contextlib.ExitStack() as stack:
         interruption = stack.enter_context(_Interruption())
         executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
         for scenario in loaded:
-            conversations = sum(subcase.conversations for subcase in scenario.subcases)
+            conversations = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
             began = time.monotonic()
             try:
                 with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
                     frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency,
                                                       workers=workers, executor=executor, driver=driver,
-                                                      progress=progress, api_token=api_token))
+                                                      progress=progress, api_token=api_token, time_scale=time_scale))
             except RunError as error:
                 fail(f"{scenario.source}: {error}", 1)
             except (RunInterrupted, KeyboardInterrupt) as error:
@@ -446,9 +473,9 @@ def run(
             from .runner.report import case_results
 
             results = case_results(frame) if len(frame) else []
-            say(f"interrupted: {len(frame)} of {total} conversations finished")
+            say(f"interrupted: {int((frame['party'] == 0).sum())} of {total} conversations finished")
         else:
-            results = _print_summary(frame)
+            results = _print_summary(frame, loaded, "live" if target is not None else "virtual")
         if junit_xml is not None:
             write_junit_xml(results, junit_xml, durations_s=durations_s)
         if summary_json is not None:

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..core.errors import RETRY_AFTER_S, STATUS_BY_ANSWER, STATUS_BY_CODE, Refused
 from ..core.gate import LATENESS_BUCKETS, Gate
+from ..core.js import prestart_script_workers
 from ..core.store import StoreUnavailable
 from ..core.webhooks import (
     DEFAULT_MAX_BODY,
@@ -40,7 +41,9 @@ from .deliveries import Deliveries
 from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
 from .openapi import openapi_document
 
-__all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
+__all__ = ["DEFAULT_GRACEFUL_TIMEOUT", "DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
+
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
 
 log = logging.getLogger("harness.web.server")
 
@@ -274,6 +277,7 @@ async def serve(
     public_url: str | None = None,
     api_token: str | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -282,7 +286,13 @@ async def serve(
     Reports the base URL it bound (``port=0`` picks a free port) through ``task_status``; when
     ``public_url`` is not given, conversation and webhook URLs use that bound URL. Runs until
     cancelled, or until ``shutdown_trigger`` returns: then hypercorn stops accepting, lets the
-    requests in flight finish, and ``serve`` returns.
+    requests in flight finish — up to ``graceful_timeout`` seconds (SPEC §17.6) — and ``serve``
+    returns.
+
+    Why the long default: hypercorn's own is 3 s, after which it cancels what is still running;
+    a webhook call whose resolution was committed but whose flow (scripts, up to 1.5 s per step)
+    or answer was still on its way would then be dropped, and the sender's retry would get 409.
+    Idle keep-alive connections close at once; only requests in flight hold the stop up.
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -291,6 +301,7 @@ async def serve(
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = log
+    config.graceful_timeout = graceful_timeout
     hypercorn_limits(config, body_timeout=body_timeout)
     app = create_app(gate, max_body=max_body, api_token=api_token, body_timeout=body_timeout)
     async with trio.open_nursery() as nursery:
@@ -300,6 +311,7 @@ async def serve(
             nursery.cancel_scope.cancel()  # graceful shutdown done: stop the deadline scheduler too
 
         await nursery.start(gate.run)
+        prestart_script_workers()  # their start-up (an interpreter each) is not charged to the first script
         bound = await nursery.start(http)
         base_url = bound[0] if bound else f"http://{host}:{port}"
         if public_url is None:
