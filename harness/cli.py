@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
 
+    from .runner import ResultsWriter
     from .runner.report import CaseResult
 
 app = typer.Typer(
@@ -161,13 +162,12 @@ def serve(
     err.print("stopped")
 
 
-def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:
-    """Print one table per scenario and the verdict line (last on stdout); return the verdicts."""
+def _print_summary(results: list[CaseResult]) -> None:
+    """Print one table per scenario and the verdict line (last on stdout)."""
     from rich.measure import Measurement
 
-    from .runner.report import case_results, verdict_line
+    from .runner.report import verdict_line
 
-    results = case_results(frame)
     scenarios: dict[str, list[CaseResult]] = {}
     for result in results:
         scenarios.setdefault(result.scenario, []).append(result)
@@ -180,7 +180,6 @@ def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:
         else:
             _print_stacked(scenario, cases)
     out.print(verdict_line(results), soft_wrap=True, highlight=False, markup=False)
-    return results
 
 
 def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
@@ -255,11 +254,10 @@ def run(
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
     import time
 
-    import pandas as pd
-
-    from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
+    from .runner import InvalidScenario, ResultsWriter, RunError, load_scenario, stream_loaded_scenario
     from .runner.progress import progress_display
-    from .runner.report import write_junit_xml, write_summary_json
+    from .runner.report import case_results, write_junit_xml, write_summary_json
+    from .runner.results import by_subcase
 
     if driver not in ("asgi", "core"):
         err.print(f"--driver: one of asgi, core; got {driver!r}")
@@ -287,31 +285,42 @@ def run(
     if dask is not None and target is not None:
         err.print("--dask spreads a virtual-time run; it cannot be combined with --target")
         raise typer.Exit(2)
-    frames, durations_s = [], dict[str, float]()
+    # Rows stream from the runner piece by piece: appended to --out as they come and summarised
+    # one sub-case at a time, so memory does not grow with the number of conversations.
+    results, durations_s = [], dict[str, float]()
     with contextlib.ExitStack() as stack:
         executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
+        writer = stack.enter_context(ResultsWriter(out)) if out is not None else None
         for scenario in loaded:
             total = sum(subcase.conversations for subcase in scenario.subcases)
             began = time.monotonic()
             with progress_display(scenario.name, total, console=err) as progress:
                 try:
-                    frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency,
-                                                      workers=workers, executor=executor, driver=driver,
-                                                      progress=progress, api_token=api_token))
+                    pieces = stream_loaded_scenario(scenario, target=target, concurrency=concurrency,
+                                                    workers=workers, executor=executor, driver=driver,
+                                                    progress=progress, api_token=api_token)
+                    for rows in by_subcase(_written(pieces, writer)):
+                        results.extend(case_results(rows))
                 except RunError as error:
                     err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
                     raise typer.Exit(1) from None
             durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if out is not None:
-        save_results(frame, out)
-        err.print(f"{len(frame)} rows written to {out}")
-    results = _print_summary(frame)
+    if writer is not None:
+        err.print(f"{writer.rows} rows written to {out}")
+    _print_summary(results)
     if junit_xml is not None:
         write_junit_xml(results, junit_xml, durations_s=durations_s)
     if summary_json is not None:
         write_summary_json(results, summary_json)
     raise typer.Exit(0 if all(result.passed for result in results) else 1)
+
+
+def _written(pieces: Iterator[pd.DataFrame], writer: ResultsWriter | None) -> Iterator[pd.DataFrame]:
+    """The pieces, each appended to ``writer`` (if any) on its way."""
+    for piece in pieces:
+        if writer is not None:
+            writer.write(piece)
+        yield piece
 
 
 @contextlib.contextmanager
@@ -377,7 +386,11 @@ def report(results: Annotated[Path, typer.Argument(help="A results file from `ha
     except ValueError as error:
         err.print(str(error))
         raise typer.Exit(2) from None
-    raise typer.Exit(0 if all(result.passed for result in _print_summary(frame)) else 1)
+    from .runner.report import case_results
+
+    verdicts = case_results(frame)
+    _print_summary(verdicts)
+    raise typer.Exit(0 if all(verdict.passed for verdict in verdicts) else 1)
 
 
 def main() -> None:

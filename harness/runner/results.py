@@ -21,7 +21,7 @@ so the whole frame is never held twice; :class:`ResultsWriter` appends them to a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import pandas as pd
 
 from .thresholds import AGGREGATES, RATE_METRICS, metric_value, parse_threshold
 
-__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "save_results", "load_results",
+__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "by_subcase", "save_results", "load_results",
            "summarize", "summarize_rows", "threshold_verdicts"]
 
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
@@ -132,6 +132,25 @@ def concat_results(pieces: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
+def by_subcase(pieces: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Typed pieces in run order → one frame per sub-case (its rows share scenario, case and variant).
+
+    A sub-case's rows are consecutive, possibly over several pieces: each frame is yielded as
+    soon as the next sub-case begins, so only one sub-case's rows are held at a time.
+    """
+    pending: list[pd.DataFrame] = []
+    current: Any = None
+    for piece in pieces:
+        for key, rows in piece.groupby(["scenario", "case", "variant"], observed=True, sort=False, dropna=False):
+            if pending and key != current:
+                yield concat_results(pending)
+                pending = []
+            pending.append(rows.reset_index(drop=True))
+            current = key
+    if pending:
+        yield concat_results(pending)
+
+
 class ResultsWriter:
     """Append typed result pieces to a ``.parquet`` file (a row group each) or a ``.csv`` file.
 
@@ -153,7 +172,8 @@ class ResultsWriter:
         self.rows = 0
         self._parquet: Any = None  # pyarrow.parquet.ParquetWriter, opened with the first piece's schema
         self._schema: Any = None
-        self._csv = open(self.path, "w", newline="", encoding="utf-8") if self.suffix == ".csv" else None
+        # Closed by close(): the writer is the context manager.
+        self._csv = open(self.path, "w", newline="", encoding="utf-8") if self.suffix == ".csv" else None  # noqa: SIM115
 
     def write(self, piece: pd.DataFrame) -> None:
         if self._csv is not None:
@@ -174,11 +194,11 @@ class ResultsWriter:
     def close(self) -> None:
         if self._csv is not None:
             self._csv.close()
-        elif self._parquet is None:  # no piece came: an empty file with the results' columns
-            self.write(to_frame([]))
-            self._parquet.close()
-        else:
-            self._parquet.close()
+            return
+        if self._parquet is None:
+            self.write(to_frame([]))  # no piece came: an empty file with the results' columns
+        parquet: Any = self._parquet
+        parquet.close()
 
     def __enter__(self) -> ResultsWriter:
         return self

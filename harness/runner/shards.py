@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import itertools
 import math
 import multiprocessing
@@ -78,7 +79,7 @@ def auto_workers(scenario: Scenario) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def plan_pieces(scenario: Scenario, workers: int = 1, *, size: int = PIECE_CONVERSATIONS) -> list[list[Plan]]:
+def plan_pieces(scenario: Scenario, workers: int = 1, *, size: int | None = None) -> list[list[Plan]]:
     """The run cut into pieces of at most ``size`` conversations, in the scenario's order.
 
     With several ``workers``, pieces are smaller when the run is small, so that each worker gets
@@ -86,6 +87,7 @@ def plan_pieces(scenario: Scenario, workers: int = 1, *, size: int = PIECE_CONVE
     a piece; a sub-case larger than a piece is cut into equal index ranges, except one with
     ``key = "other"`` (its keys depend on each other), which stays whole.
     """
+    size = PIECE_CONVERSATIONS if size is None else size
     total = sum(subcase.conversations for subcase in scenario.subcases)
     if workers > 1:
         size = max(1, min(size, math.ceil(total / (workers * PIECES_PER_WORKER))))
@@ -192,8 +194,8 @@ def run_pieces(scenario: Scenario, workers: int, *, executor: Executor | None = 
     pieces = plan_pieces(scenario, 1 if executor is None and workers <= 1 else workers)
     if executor is None and (workers <= 1 or len(pieces) <= 1):
         for piece in pieces:
-            yield outside_any_event_loop(lambda: run_virtual(
-                _shard_scenario(scenario, piece), plans=piece, driver=driver,
+            yield outside_any_event_loop(functools.partial(
+                run_virtual, _shard_scenario(scenario, piece), plans=piece, driver=driver,
                 on_conversation_started=on_conversation_started, on_conversation_done=on_conversation_done))
         return
     window = max(1, workers) * WINDOW_PER_WORKER
