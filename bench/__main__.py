@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from . import engines, http_throughput, live, million, retention_memory, timer_lateness, virtual_time, waits_memory
+from . import (
+    cli_startup,
+    engines,
+    http_throughput,
+    live,
+    million,
+    retention_memory,
+    timer_lateness,
+    virtual_time,
+    waits_memory,
+)
 
-BENCHMARKS = [virtual_time, engines, million, live, http_throughput, waits_memory, timer_lateness, retention_memory]
+BENCHMARKS = [cli_startup, virtual_time, engines, million, live, http_throughput, waits_memory, timer_lateness, retention_memory]
 
 
 def main() -> None:

@@ -1,11 +1,19 @@
-"""The ``harness`` command: serve, run, validate, report (SPEC §5).
+"""The ``harness`` command: serve, run, validate, report (SPEC §5, §16).
 
-Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input file is invalid.
+Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input (file, option) is
+invalid; 130 interrupted by Ctrl+C (SIGINT), 143 by SIGTERM.
+
+Messages are plain text, printed as written (:func:`say`): a bracket in a file name, a TOML
+table name (``[[cases]]``) or a mapping path (``data.items[0]``) is never read as markup. Rich
+draws only the summary tables and the progress bar, from ``Text`` objects. Each command imports
+what it needs when it runs, so ``harness --help`` and ``harness validate`` load neither pandas,
+numpy nor Quart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -13,33 +21,54 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from concurrent.futures import Executor
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.console import Console
 
-from .core.bots import Bot, InvalidBot, load_bot
-from .gc_tuning import keep_long_lived_state_out_of_gc
+from ._groups import leaves
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     import pandas as pd
+    from rich.console import Console
     from rich.table import Table
 
+    from .core.bots import Bot
     from .runner import ResultsWriter
     from .runner.report import CaseResult
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # help is plain text: brackets stay brackets, and rich is not imported for it
     help="A webhook gate for chatbot flows, and a scenario harness that drives it.",
 )
-err = Console(stderr=True, soft_wrap=True)
-# Summary tables are wide; when piped (CI logs, files), do not squeeze them into 80 columns.
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 180)
+
+# typer prints an argument's Python type after its name (`FILE <list[Path]>`); the name says enough.
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign,assignment,misc]
 
 BOT_SUFFIXES = (".toml", ".json")
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def say(text: str) -> None:
+    """Print a message to stderr exactly as written (the one place messages are printed)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def fail(text: str, code: int = 2) -> NoReturn:
+    """Say what is wrong, in one sentence, and exit with ``code`` (2: the input is invalid)."""
+    say(text)
+    raise typer.Exit(code)
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console
+
+    # Summary tables are wide; when piped (CI logs, files), do not squeeze them into 80 columns.
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 180)
 
 
 @app.callback()
@@ -48,9 +77,17 @@ def root() -> None:
 
 
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log line, with the structured fields passed as ``extra``."""
+    """One JSON object per log line, with the structured fields passed as ``extra``.
+
+    ``time`` is ISO 8601 in UTC with microseconds, as the API's timestamps (SPEC §16.3).
+    """
 
     _standard = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        from .core.conversations import iso_timestamp
+
+        return iso_timestamp(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         line = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
@@ -61,18 +98,39 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def _without_server_banner(record: logging.LogRecord) -> bool:
+    """Drop hypercorn's own "Running on …" line: ``harness serve`` prints its banner once."""
+    return not (record.name.startswith("harness.web") and str(record.msg).startswith("Running on"))
+
+
+def setup_logging(level: int) -> None:
+    """JSON lines on stderr, times in UTC, for the server's own log and every library's."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    handler.addFilter(_without_server_banner)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
 def bot_files(paths: list[Path]) -> list[Path]:
-    """Files named directly, plus every ``.toml``/``.json`` file in the folders named."""
+    """Files named directly, plus every ``.toml``/``.json`` file in the folders named.
+
+    A folder with no such file is said (the gate still starts: bots can come through the API).
+    """
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in BOT_SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in BOT_SUFFIXES)
+            if not found:
+                say(f"warning: --bots {path}: no bot files (.toml, .json) in this folder")
+            files.extend(found)
         else:
             files.append(path)
     return files
 
 
 def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
+    from .core.bots import InvalidBot, load_bot
+
     bots: list[Bot] = []
     failed = False
     for path in bot_files(paths):
@@ -80,7 +138,7 @@ def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
             bots.append(load_bot(path))
         except InvalidBot as error:
             failed = True
-            err.print(f"[red]{error}[/red]", highlight=False)
+            say(str(error))
     if failed:
         raise typer.Exit(2)
     return bots
@@ -88,78 +146,91 @@ def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
-    bots: Annotated[list[Path] | None, typer.Option("--bots", help="Bot files or folders to load.")] = None,
-    store: Annotated[str, typer.Option(help="memory, or sqlite:PATH")] = "memory",
-    public_url: Annotated[str | None, typer.Option(help="Base URL in conversation and webhook URLs.")] = None,
-    max_body: Annotated[int, typer.Option(help="Largest webhook body accepted, in bytes.")] = 1024 * 1024,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on (0: any free port).")] = 8000,
+    bots: Annotated[list[Path] | None, typer.Option(
+        "--bots", metavar="PATH", help="A bot file or a folder of them; repeat for more.")] = None,
+    store: Annotated[str, typer.Option(metavar="STORE", help="memory, or sqlite:PATH")] = "memory",
+    public_url: Annotated[str | None, typer.Option(
+        metavar="URL", help="Base URL in conversation and webhook URLs.")] = None,
+    max_body: Annotated[int, typer.Option(metavar="BYTES", help="Largest webhook body accepted.")] = 1024 * 1024,
     api_token: Annotated[str | None, typer.Option(
-        envvar="HARNESS_API_TOKEN", show_envvar=True,
+        envvar="HARNESS_API_TOKEN", show_envvar=True, metavar="TOKEN",
         help="Require Authorization: Bearer TOKEN on /, /api/… and /metrics (open the page as /?token=TOKEN).")] = None,
     body_timeout: Annotated[float, typer.Option(
+        metavar="SECONDS",
         help="Seconds a request body may take after its headers; then 408 and the connection closes.")] = 30.0,
     retention: Annotated[float, typer.Option(
+        metavar="SECONDS",
         help="Seconds finished conversations stay in memory (then within 30 s: gone from memory; on SQLite still "
              "readable from disk).")] = 3600.0,
-    log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
+    log_level: Annotated[str, typer.Option(
+        metavar="LEVEL", help="info logs one JSON line per resolution and per refused call; warning: errors only.")] = "info",
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        fail(f"--log-level: one of debug, info, warning, error; got {log_level!r}")
+    if max_body < 1:
+        fail("--max-body: must be at least 1 byte")
+    if not 0 < body_timeout < float("inf"):
+        fail("--body-timeout: must be a positive number of seconds")
+    if not 0 <= retention < float("inf"):
+        fail("--retention: must be a number of seconds >= 0")
+    if not 0 <= port <= 65535:
+        fail(f"--port: must be 0..65535, got {port}")
     import trio
 
     from .core.gate import Gate
+    from .gc_tuning import keep_long_lived_state_out_of_gc
     from .store import open_store
     from .web.http_guard import raise_open_file_limit
     from .web.server import serve as serve_gate
 
-    level = logging.getLevelName(log_level.upper())
-    if not isinstance(level, int):
-        err.print(f"--log-level: one of debug, info, warning, error; got {log_level!r}")
-        raise typer.Exit(2)
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    logging.basicConfig(level=level, handlers=[handler])
-    if max_body < 1:
-        err.print("--max-body: must be at least 1 byte")
-        raise typer.Exit(2)
-    if not 0 < body_timeout < float("inf"):
-        err.print("--body-timeout: must be a positive number of seconds")
-        raise typer.Exit(2)
-    if not 0 <= retention < float("inf"):
-        err.print("--retention: must be a number of seconds >= 0")
-        raise typer.Exit(2)
+    setup_logging(level)
     raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
     try:
         gate_store = open_store(store)
-    except ValueError as error:
-        err.print(f"--store: {error}")
-        raise typer.Exit(2) from None
+    except (ValueError, OSError) as error:
+        fail(f"--store {store}: {error}")
     gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention)
     for bot in loaded:
         existing = gate_store.get_bot(bot.id)
         if existing is None:
             gate.add_bot(bot)
         elif existing.to_dict() != bot.to_dict():
-            err.print(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
+            say(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
 
     async def stop_requested() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                err.print(f"{signal.Signals(signum).name}: finishing requests in flight, then stopping")
+                say(f"{signal.Signals(signum).name}: finishing requests in flight, then stopping")
                 return
 
+    listening = False
+
     async def main() -> None:
+        nonlocal listening
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
                 api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested))
+            listening = True
             names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
-            err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
+            say(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop")
 
     keep_long_lived_state_out_of_gc()
-    trio.run(main)
-    err.print("stopped")
+    try:
+        trio.run(main)
+    except* OSError as group:
+        if listening:
+            raise
+        bind_error = leaves(group)[0]
+        reason = "address already in use" if getattr(bind_error, "errno", None) == errno.EADDRINUSE else (
+            getattr(bind_error, "strerror", None) or str(bind_error))
+        fail(f"cannot listen on {host}:{port}: {reason}")
+    say("stopped")
 
 
 def _print_summary(results: list[CaseResult]) -> None:
@@ -168,6 +239,7 @@ def _print_summary(results: list[CaseResult]) -> None:
 
     from .runner.report import verdict_line
 
+    out = _stdout_console()
     scenarios: dict[str, list[CaseResult]] = {}
     for result in results:
         scenarios.setdefault(result.scenario, []).append(result)
@@ -178,8 +250,8 @@ def _print_summary(results: list[CaseResult]) -> None:
         if Measurement.get(out, out.options.update_width(1 << 16), table).minimum <= out.width:
             out.print(table)
         else:
-            _print_stacked(scenario, cases)
-    out.print(verdict_line(results), soft_wrap=True, highlight=False, markup=False)
+            _print_stacked(out, scenario, cases)
+    print(verdict_line(results), flush=True)
 
 
 def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
@@ -191,7 +263,7 @@ def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
                             ("failure", "right"), ("timeout", "right"), ("misattr.", "right"),
                             ("statuses", "left"), ("waited p50/p95", "right"), ("expect", "right"),
                             ("thresholds", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(Text(column), justify=justify)  # type: ignore[arg-type]
     for result in cases:
         row = result.summary
         cells = (result.case, result.variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
@@ -206,7 +278,7 @@ def _expectations(row: dict[str, object]) -> str:
     return f"{row['expectations']}" + (f" ({row['errors']} errors)" if row["errors"] else "")
 
 
-def _print_stacked(scenario: str, cases: list[CaseResult]) -> None:
+def _print_stacked(out: Console, scenario: str, cases: list[CaseResult]) -> None:
     """The narrow layout: a few short lines per case, nothing cut."""
     from rich.text import Text
 
@@ -224,51 +296,97 @@ def _print_stacked(scenario: str, cases: list[CaseResult]) -> None:
 
 
 def _scenario_files(paths: list[Path]) -> list[Path]:
+    """The scenario files named, and the ``.toml`` files of the folders named.
+
+    Bots given where scenarios belong get one sentence, not a field error per bot field: a folder
+    (or a file) holding only bots is a common first mistake (``harness run scenarios/bots``).
+    """
+    from .core.bots import read_document
+
+    def is_bot(file: Path) -> bool:
+        try:
+            document = read_document(file)
+        except ValueError:
+            return False  # the scenario loader says what is wrong with it
+        return isinstance(document, dict) and "blocks" in document and "cases" not in document
+
     files: list[Path] = []
     for path in paths:
-        files.extend(sorted(path.glob("*.toml")) if path.is_dir() else [path])
+        found = sorted(path.glob("*.toml")) if path.is_dir() else [path]
+        if path.is_dir() and not found:
+            fail(f"{path}: no scenario files (*.toml) in this folder")
+        if found and all(is_bot(file) for file in found):
+            what = "these are bots" if path.is_dir() else "this is a bot"
+            fail(f"{path}: {what}, not scenarios; run a scenario file that names its bot "
+                 "(bot = \"bots/….toml\"), e.g. harness run scenarios/payment.toml")
+        files.extend(file for file in found if not (path.is_dir() and is_bot(file)))
     return files
+
+
+class _Interruption:
+    """Turns SIGTERM into the Ctrl+C a run already stops for, and remembers which signal came."""
+
+    def __init__(self) -> None:
+        self.signal = signal.SIGINT
+
+    def __enter__(self) -> _Interruption:
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.signal = signal.SIGTERM
+        signal.raise_signal(signal.SIGINT)  # trio (or the default handler) delivers it as KeyboardInterrupt
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED[self.signal]
 
 
 @app.command()
 def run(
-    scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (or folders of them).")],
-    target: Annotated[str | None, typer.Option(help="URL of a live gate; omitted: in-process virtual time.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
-    concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
+    scenarios: Annotated[list[Path], typer.Argument(metavar="SCENARIO", help="Scenario files (or folders of them).")],
+    target: Annotated[str | None, typer.Option(
+        metavar="URL", help="URL of a live gate; omitted: in-process virtual time.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every row to this .parquet or .csv file.")] = None,
+    seed: Annotated[int | None, typer.Option(metavar="N", help="Override the scenarios' seeds.")] = None,
+    concurrency: Annotated[int, typer.Option(metavar="N", help="With --target: requests in flight at most.")] = 64,
     api_token: Annotated[str | None, typer.Option(
-        envvar="HARNESS_API_TOKEN", show_envvar=True, help="With --target: the gate's --api-token.")] = None,
+        envvar="HARNESS_API_TOKEN", show_envvar=True, metavar="TOKEN", help="With --target: the gate's --api-token.")] = None,
     workers: Annotated[int | None, typer.Option(
+        metavar="N",
         help="Virtual time: processes to spread sub-cases (and large cases) over (default: one per core for large runs).")] = None,
     driver: Annotated[str, typer.Option(
+        metavar="asgi|core",
         help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
     dask: Annotated[str | None, typer.Option(
         "--dask", metavar="ADDRESS",
         help="Virtual time: spread the work over the Dask cluster at ADDRESS (tcp://host:8786); needs the dask extra.")] = None,
     junit_xml: Annotated[Path | None, typer.Option(
-        "--junit-xml", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
+        "--junit-xml", metavar="FILE", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
     summary_json: Annotated[Path | None, typer.Option(
-        "--summary-json", help="Write the per-case summary as JSON (SPEC §12).")] = None,
+        "--summary-json", metavar="FILE", help="Write the per-case summary as JSON (SPEC §12).")] = None,
 ) -> None:
-    """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
-    import time
+    """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails.
 
-    from .runner import InvalidScenario, ResultsWriter, RunError, load_scenario, stream_loaded_scenario
-    from .runner.progress import progress_display
-    from .runner.report import case_results, write_junit_xml, write_summary_json
-    from .runner.results import by_subcase
-
+    Ctrl+C or SIGTERM stops the run within seconds and still writes --out, --junit-xml and
+    --summary-json for the conversations that finished (exit 130 or 143).
+    """
     if driver not in ("asgi", "core"):
-        err.print(f"--driver: one of asgi, core; got {driver!r}")
-        raise typer.Exit(2)
+        fail(f"--driver: one of asgi, core; got {driver!r}")
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
-        err.print(f"--out {out}: results go to a .parquet or .csv file")
-        raise typer.Exit(2)
+        fail(f"--out {out}: results go to a .parquet or .csv file")
     for option, report_path in (("--junit-xml", junit_xml), ("--summary-json", summary_json)):
         if report_path is not None and report_path.is_dir():
-            err.print(f"{option} {report_path}: is a folder; give a file name")
-            raise typer.Exit(2)
+            fail(f"{option} {report_path}: is a folder; give a file name")
+    if dask is not None and target is not None:
+        fail("--dask spreads a virtual-time run; it cannot be combined with --target")
+    if concurrency < 1:
+        fail(f"--concurrency: must be at least 1, got {concurrency}")
+    from .runner.scenario import InvalidScenario, load_scenario
+
     loaded, invalid = [], False
     for path in _scenario_files(scenarios):
         try:
@@ -276,51 +394,98 @@ def run(
         except InvalidScenario as error:
             invalid = True
             for line in error.problems:
-                err.print(f"[red]{line}[/red]", highlight=False)
-    if invalid or not loaded:
-        if not loaded and not invalid:
-            err.print("no scenario files given")
+                say(line)
+    if invalid:
         raise typer.Exit(2)
+    if not loaded:
+        fail("no scenario files given")
 
-    if dask is not None and target is not None:
-        err.print("--dask spreads a virtual-time run; it cannot be combined with --target")
-        raise typer.Exit(2)
+    import time
+
+    from .runner import ResultsWriter, RunError, stream_loaded_scenario, to_frame
+    from .runner.engine import RunInterrupted
+    from .runner.progress import progress_display
+    from .runner.report import case_results, write_junit_xml, write_summary_json
+    from .runner.results import by_subcase
+
     # Rows stream from the runner piece by piece: appended to --out as they come and summarised
     # one sub-case at a time, so memory does not grow with the number of conversations.
+    total = sum(subcase.conversations for scenario in loaded for subcase in scenario.subcases)
     results, durations_s = [], dict[str, float]()
+    interrupted: int | None = None  # the exit code, once a signal stopped the run
     with contextlib.ExitStack() as stack:
-        executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
         writer = stack.enter_context(ResultsWriter(out)) if out is not None else None
+        interruption = stack.enter_context(_Interruption())
+        executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
         for scenario in loaded:
-            total = sum(subcase.conversations for subcase in scenario.subcases)
+            conversations = sum(subcase.conversations for subcase in scenario.subcases)
             began = time.monotonic()
-            with progress_display(scenario.name, total, console=err) as progress:
-                try:
+            pending: list[pd.DataFrame] = []  # the sub-case being summarised (an interruption keeps it)
+            try:
+                with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
                     pieces = stream_loaded_scenario(scenario, target=target, concurrency=concurrency,
                                                     workers=workers, executor=executor, driver=driver,
                                                     progress=progress, api_token=api_token)
-                    for rows in by_subcase(_written(pieces, writer)):
+                    for rows in by_subcase(_written(pieces, writer, pending)):
+                        del pending[:-1]  # the last piece may hold the next sub-case's first rows
                         results.extend(case_results(rows))
-                except RunError as error:
-                    err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
-                    raise typer.Exit(1) from None
-            durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
-    if writer is not None:
-        err.print(f"{writer.rows} rows written to {out}")
-    _print_summary(results)
-    if junit_xml is not None:
-        write_junit_xml(results, junit_xml, durations_s=durations_s)
-    if summary_json is not None:
-        write_summary_json(results, summary_json)
+            except RunError as error:
+                fail(f"{scenario.source}: {error}", 1)
+            except (RunInterrupted, KeyboardInterrupt) as error:
+                with _ignoring_interrupts():  # writing what finished must not be cut short by a second Ctrl+C
+                    if isinstance(error, RunInterrupted) and error.finished:
+                        pending.append(to_frame(error.finished))
+                        if writer is not None:
+                            writer.write(pending[-1])
+                    summarised = {(result.scenario, result.case, result.variant) for result in results}
+                    results.extend(result for rows in by_subcase(pending) for result in case_results(rows)
+                                   if (result.scenario, result.case, result.variant) not in summarised)
+                interrupted = interruption.exit_code
+            finally:
+                durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
+            if interrupted is not None:
+                break
+    with _ignoring_interrupts():
+        finished = sum(result.summary["n"] for result in results)
+        if writer is not None:
+            say(f"{writer.rows} rows written to {out}")
+        if interrupted is not None:
+            say(f"interrupted: {finished} of {total} conversations finished")
+        else:
+            _print_summary(results)
+        if junit_xml is not None:
+            write_junit_xml(results, junit_xml, durations_s=durations_s)
+        if summary_json is not None:
+            write_summary_json(results, summary_json, interrupted=interrupted is not None)
+    if interrupted is not None:
+        raise typer.Exit(interrupted)
     raise typer.Exit(0 if all(result.passed for result in results) else 1)
 
 
-def _written(pieces: Iterator[pd.DataFrame], writer: ResultsWriter | None) -> Iterator[pd.DataFrame]:
-    """The pieces, each appended to ``writer`` (if any) on its way."""
+def _written(pieces: Iterator[pd.DataFrame], writer: ResultsWriter | None,
+             pending: list[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """The pieces, each appended to ``writer`` (if any) on its way and kept in ``pending`` until summarised."""
     for piece in pieces:
         if writer is not None:
             writer.write(piece)
+        pending.append(piece)
         yield piece
+
+
+@contextlib.contextmanager
+def _ignoring_interrupts() -> Iterator[None]:
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -329,22 +494,21 @@ def _dask_executor(address: str) -> Iterator[Executor]:
     try:
         from distributed import Client
     except ImportError:
-        err.print("--dask needs Dask: python3 -m pip install 'webhook-gate-harness[dask]'")
-        raise typer.Exit(2) from None
+        fail("--dask needs Dask: python3 -m pip install 'webhook-gate-harness[dask]'")
     try:
         client = Client(address, timeout=10)
     except OSError as error:
-        err.print(f"--dask {address}: cannot reach the scheduler: {error}")
-        raise typer.Exit(2) from None
+        fail(f"--dask {address}: cannot reach the scheduler: {error}")
     with client:
         yield client.get_executor()
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="Bot and scenario files (.toml or .json).")]) -> None:
+def validate(files: Annotated[list[Path], typer.Argument(
+        metavar="FILE", help="Bot and scenario files (.toml or .json).")]) -> None:
     """Validate bot and scenario files; list every problem. Exit 0, or 2 if any is invalid."""
-    from .core.bots import parse_bot, read_document
-    from .runner import InvalidScenario, parse_scenario
+    from .core.bots import InvalidBot, parse_bot, read_document
+    from .runner.scenario import InvalidScenario, parse_scenario
 
     invalid = False
     for path in files:
@@ -370,22 +534,22 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Bot and scenario 
         if problems:
             invalid = True
             for line in problems:
-                err.print(f"[red]{line}[/red]", highlight=False)
+                say(line)
         else:
-            out.print(f"{path}: valid {kind}", highlight=False)
+            print(f"{path}: valid {kind}", flush=True)
     raise typer.Exit(2 if invalid else 0)
 
 
 @app.command()
-def report(results: Annotated[Path, typer.Argument(help="A results file from `harness run --out`.")]) -> None:
+def report(results: Annotated[Path, typer.Argument(
+        metavar="RESULTS", help="A results file from `harness run --out` (.parquet or .csv).")]) -> None:
     """Print the summary table of a saved results file. Exit 1 if it records a failure."""
     from .runner import load_results
 
     try:
         frame = load_results(results)
-    except ValueError as error:
-        err.print(str(error))
-        raise typer.Exit(2) from None
+    except (ValueError, OSError) as error:
+        fail(f"{results}: {error}" if str(results) not in str(error) else str(error))
     from .runner.report import case_results
 
     verdicts = case_results(frame)

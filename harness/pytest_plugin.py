@@ -141,4 +141,6 @@ class ScenarioItem(pytest.Item):
         return str(super().repr_failure(excinfo, style=style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.path.name}::{self.name}"
+        # The domain is the item's own name: pytest -v then prints the node id as it is
+        # (`scenarios/payment.toml::late`), not with the file's dots turned into `::`.
+        return self.path, None, self.name

@@ -18,11 +18,11 @@ from harness.runner import (
     load_results,
     run_scenario,
     save_results,
+    shards,
     stream_loaded_scenario,
     summarize,
     to_frame,
 )
-from harness.runner import shards
 from harness.runner.results import by_subcase
 
 from .conftest import BOTS

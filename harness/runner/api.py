@@ -15,9 +15,10 @@ from typing import Any
 import pandas as pd
 import trio
 
+from .._groups import leaves
 from .distributions import DelayError
 from .drivers import DRIVERS, live
-from .engine import RunError, execute
+from .engine import RunError, RunInterrupted, execute
 from .progress import NO_PROGRESS, NotebookProgress, Progress
 from .results import ResultBlock, concat_results, to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
@@ -105,17 +106,13 @@ def stream_loaded_scenario(
             yield to_frame(blocks)
     except* DelayError as group:
         # A delay callable's bad output is found while drawing, inside trio's nurseries: say it plainly.
-        raise InvalidScenario([str(error) for error in _leaves(group)]) from None
+        raise InvalidScenario([str(error) for error in leaves(group)]) from None
     except* RunError as group:
-        raise _leaves(group)[0] from None
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    """The exceptions in a (nested) exception group, in order."""
-    leaves: list[BaseException] = []
-    for error in group.exceptions:
-        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return leaves
+        raise leaves(group)[0] from None
+    except* (RunInterrupted, KeyboardInterrupt) as group:
+        # Ctrl+C: whatever finished goes back with the interruption, as one exception.
+        done = [block for error in leaves(group) if isinstance(error, RunInterrupted) for block in error.finished]
+        raise RunInterrupted(done) from None
 
 
 def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] | None,

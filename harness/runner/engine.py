@@ -50,7 +50,7 @@ from .drivers import TRANSPORT_ERRORS, Driver, Observed
 from .results import ResultBlock
 from .scenario import Scenario, SubCase
 
-__all__ = ["RunError", "Plan", "execute", "derangement", "whole_plans"]
+__all__ = ["RunError", "RunInterrupted", "Plan", "execute", "derangement", "whole_plans"]
 
 CONTENT_TYPES = {"json": "application/json", "form": "application/x-www-form-urlencoded"}
 REAL_TIME_MARGIN_S = 0.05  # how long after a deadline a live run first looks for the timeout
@@ -61,6 +61,24 @@ _NONE = -1
 
 class RunError(RuntimeError):
     """The run could not proceed (the gate refused the bot, or is unreachable)."""
+
+
+class RunInterrupted(Exception):
+    """Ctrl+C (or SIGTERM, which the CLI turns into one) stopped the run.
+
+    ``finished`` holds the result blocks of the conversations that had finished, so the caller
+    can still write and report them (SPEC §16.2).
+    """
+
+    def __init__(self, finished: list[ResultBlock]) -> None:
+        super().__init__(f"interrupted after {sum(block.length for block in finished)} conversations")
+        self.finished = finished
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return any(_is_interrupt(inner) for inner in error.exceptions)
+    return isinstance(error, (KeyboardInterrupt, RunInterrupted))
 
 
 def derangement(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -257,6 +275,7 @@ class _SubCaseRun:
         self.passed = np.full(count, _NONE, dtype=np.int8)
         self.failure: list[str | None] = [None] * count
         self.error: list[str | None] = [None] * count
+        self.finished = np.zeros(count, dtype=bool)  # rows written (an interrupted run keeps only these)
 
     # -- the user ---------------------------------------------------------------------------------
 
@@ -455,6 +474,7 @@ class _SubCaseRun:
             return
         party.done = True
         slot = party.index - self.first
+        self.finished[slot] = True
         subcase = self.subcase
         statuses = tuple(party.statuses)
         text = self.statuses_text.get(statuses)
@@ -504,6 +524,14 @@ class _SubCaseRun:
             "error": self.error,
         }
         return ResultBlock(self.count, constants, columns, sort_key=(subcase.index, self.first))
+
+    def finished_result(self, scenario: Scenario) -> ResultBlock:
+        """:meth:`result` restricted to the conversations whose row was written."""
+        block, kept = self.result(scenario), np.flatnonzero(self.finished)
+        block.columns = {name: np.asarray(values)[kept] if isinstance(values, np.ndarray) else [values[i] for i in kept]
+                         for name, values in block.columns.items()}
+        block.length = len(kept)
+        return block
 
 
 class _Engine:
@@ -581,7 +609,12 @@ async def execute(
         run = _SubCaseRun(engine, scenario, subcase, plan, bot_ids[(subcase.block, subcase.timeout_s)])
         run.schedule_starts(base_time)
         runs.append(run)
-    await engine.run()
+    try:
+        await engine.run()
+    except BaseException as error:
+        if _is_interrupt(error):
+            raise RunInterrupted([run.finished_result(scenario) for run in runs]) from None
+        raise
     return [run.result(scenario) for run in runs]
 
 

@@ -224,12 +224,19 @@ def summary_json(results: list[CaseResult]) -> dict[str, Any]:
     }
 
 
-def write_summary_json(results: list[CaseResult], path: str | Path) -> None:
-    """Write :func:`summary_json` (creating missing folders); ``allow_nan=False`` guarantees strict JSON."""
+def write_summary_json(results: list[CaseResult], path: str | Path, *, interrupted: bool = False) -> None:
+    """Write :func:`summary_json` (creating missing folders); ``allow_nan=False`` guarantees strict JSON.
+
+    ``interrupted``: the run was stopped (SPEC §16.2); the summary covers what finished and says so.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    document = summary_json(results) | {"interrupted": interrupted}
+    if interrupted:
+        document["passed"] = False  # what finished may pass; the run as asked did not
+        document["verdict"] = f"interrupted; of the conversations that finished: {document['verdict']}"
     with path.open("w", encoding="utf-8") as file:
-        json.dump(summary_json(results), file, indent=2, allow_nan=False, ensure_ascii=False)
+        json.dump(document, file, indent=2, allow_nan=False, ensure_ascii=False)
         file.write("\n")
 
 

@@ -192,13 +192,15 @@ class ResultsWriter:
         self.rows += len(piece)
 
     def close(self) -> None:
+        """Finish the file (closing twice is harmless)."""
         if self._csv is not None:
             self._csv.close()
             return
         if self._parquet is None:
             self.write(to_frame([]))  # no piece came: an empty file with the results' columns
         parquet: Any = self._parquet
-        parquet.close()
+        if parquet.is_open:
+            parquet.close()
 
     def __enter__(self) -> ResultsWriter:
         return self

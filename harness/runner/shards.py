@@ -54,7 +54,7 @@ import trio.testing
 
 from ..gc_tuning import long_lived_state_out_of_gc
 from .drivers import open_driver
-from .engine import Plan, execute
+from .engine import Plan, RunInterrupted, execute
 from .results import ResultBlock
 from .scenario import Scenario
 
@@ -218,6 +218,7 @@ def run_pieces(scenario: Scenario, workers: int, *, executor: Executor | None = 
     with _script_not_rerun():
         manager = context.Manager() if reporting else None  # a process too
     pool = ProcessPoolExecutor(max_workers=min(workers, len(pieces)), mp_context=context)
+    completed = False
     try:
         progress = manager.Queue() if manager is not None else None
 
@@ -231,8 +232,12 @@ def run_pieces(scenario: Scenario, workers: int, *, executor: Executor | None = 
 
         yield from _in_order(pieces, submit, window, poll=poll)
         poll()
+        completed = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if not completed:  # interrupted, failed or abandoned: stop now, not when the running pieces are done
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=completed, cancel_futures=True)
         if manager is not None:
             manager.shutdown()
 
@@ -240,13 +245,22 @@ def run_pieces(scenario: Scenario, workers: int, *, executor: Executor | None = 
 def _in_order(pieces: list[list[Plan]], submit: Callable[[list[Plan]], Future[list[ResultBlock]]], window: int, *,
               poll: Callable[[], None] | None = None,
               done: Callable[[Future[list[ResultBlock]]], None] | None = None) -> Iterator[list[ResultBlock]]:
-    """Submit ``window`` pieces ahead; hand each piece's blocks on in order; raise a piece's error at once."""
+    """Submit ``window`` pieces ahead; hand each piece's blocks on in order; raise a piece's error at once.
+
+    Ctrl+C raises :class:`~harness.runner.engine.RunInterrupted` with the rows of the pieces that
+    had finished and were not handed on yet.
+    """
     upcoming = iter(pieces)
     running: deque[Future[list[ResultBlock]]] = deque(submit(piece) for piece in itertools.islice(upcoming, window))
     noticed: set[int] = set()
     while running:
         unnoticed = [future for future in running if id(future) not in noticed]
-        finished, _ = wait(unnoticed, timeout=POLL_S, return_when=FIRST_COMPLETED)
+        try:
+            finished, _ = wait(unnoticed, timeout=POLL_S, return_when=FIRST_COMPLETED)
+        except KeyboardInterrupt:
+            kept = [block for future in running if future.done() and not future.cancelled()
+                    and future.exception() is None for block in future.result()]
+            raise RunInterrupted(sorted(kept, key=lambda block: block.sort_key)) from None
         if poll is not None:
             poll()
         for future in finished:

@@ -7,13 +7,15 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # parsing a threshold needs neither; checking one loads them
+    import pandas as pd
 
 __all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "metric_mask", "RATE_METRICS", "AGGREGATES"]
 
@@ -40,7 +42,7 @@ class Threshold:
     def check(self, rows: pd.DataFrame) -> tuple[bool, float]:
         """``(holds, measured value)`` for one (sub-)case's rows. NaN never holds."""
         value = metric_value(self.metric, rows)
-        return (not np.isnan(value) and _OPS[self.op](value, self.limit)), value
+        return (not math.isnan(value) and _OPS[self.op](value, self.limit)), value
 
 
 def parse_threshold(text: str) -> Threshold:
@@ -81,6 +83,8 @@ def metric_mask(metric: str, rows: pd.DataFrame) -> pd.Series:
         resolved_by = rows["resolved_by"]
         return (resolved_by.notna() & (resolved_by != rows["conversation"])).fillna(False).astype(bool)
     if metric == "late_rate":
+        import pandas as pd
+
         from_statuses = rows["statuses"].fillna("").astype(str).map(lambda joined: "410" in joined.split(","))
         if "late_calls" not in rows.columns:
             return from_statuses.astype(bool)
@@ -103,4 +107,6 @@ def metric_value(metric: str, rows: pd.DataFrame) -> float:
         return float(values.mean())
     if aggregate == "max":
         return float(values.max())
+    import numpy as np
+
     return float(np.percentile(values, float(aggregate[1:])))

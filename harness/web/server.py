@@ -24,8 +24,18 @@ from werkzeug.exceptions import HTTPException
 
 from ..core.errors import STATUS_BY_CODE, Refused
 from ..core.gate import LATENESS_BUCKETS, Gate
-from ..core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
+from ..core.webhooks import (
+    DEFAULT_MAX_BODY,
+    FORM_TYPE,
+    JSON_TYPE,
+    WebhookHandler,
+    media_type_of,
+    parse_form,
+    parse_json,
+    too_large,
+)
 from .dashboard import register_dashboard
+from .deliveries import Deliveries
 from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
 from .openapi import openapi_document
 
@@ -92,6 +102,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
         app.asgi_app, statuses=STATUS_BY_CODE, api_token=api_token, body_timeout=body_timeout)
     webhook_calls: dict[int, int] = {}
     webhooks = WebhookHandler(gate, max_body=max_body)
+    deliveries = app.deliveries = Deliveries(gate)  # type: ignore[attr-defined]
 
     @app.errorhandler(Refused)
     async def refused(error: Refused) -> Response:
@@ -113,6 +124,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
     async def finish(response: Response) -> Response:
         if request.path.startswith("/webhooks/"):
             webhook_calls[response.status_code] = webhook_calls.get(response.status_code, 0) + 1
+            await _note_delivery(deliveries, response)
         if _body_left_unread():
             response.headers["Connection"] = "close"
         return response
@@ -155,19 +167,56 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
     async def webhook(bot_id: str, block_id: str) -> Response:
         block = webhooks.block(bot_id, block_id)
         body = await read_body(max_body)
+        g.webhook_call = (block, body)  # for the refused call's log line: its key, if it had one
         # Checks and resolution are one atomic step (no await between them); in real time only the
         # flow after the resolution awaits its scripts, which run off the event loop.
         answer = await webhooks.decide_async(block, bot_id, block_id,
                                              media_type=media_type_of(request.headers.get("Content-Type")),
                                              headers=request.headers, body=body)
+        g.answer = answer
         return json_response(answer)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(render_metrics(gate, webhook_calls), content_type="text/plain; version=0.0.4")
 
-    register_dashboard(app, gate)  # GET / (the live page) and GET /api/dashboard
+    register_dashboard(app, gate, deliveries)  # GET / (the live page) and GET /api/dashboard
     return app
+
+
+# Refusals that come after the payload parsed and named a key: the log line may show its first characters.
+_KEYED_REFUSALS = {"unknown_conversation", "wait_expired", "not_waiting", "already_held"}
+
+
+async def _note_delivery(deliveries: Deliveries, response: Response) -> None:
+    """Record a webhook call's answer for the live page; log it when refused (4xx)."""
+    args = request.view_args or {}
+    parts = request.path.split("/")
+    bot, block = args.get("bot_id", parts[2] if len(parts) > 2 else None), args.get(
+        "block_id", parts[3] if len(parts) > 3 else None)
+    status = response.status_code
+    if status < 300 and g.get("answer") is not None:
+        deliveries.accepted(bot, block, status, g.answer)
+        return
+    if not 400 <= status < 500:
+        return
+    try:
+        error = str(json.loads(await response.get_data())["error"])
+    except (ValueError, KeyError, TypeError):
+        error = "unknown"
+    key = None
+    call = g.get("webhook_call")
+    if call is not None and error in _KEYED_REFUSALS:
+        webhook_block, body = call
+        media_type = media_type_of(request.headers.get("Content-Type"))
+        try:
+            payload = parse_json(body) if media_type == JSON_TYPE else parse_form(body) if media_type == FORM_TYPE else None
+        except Refused:
+            payload = None
+        if isinstance(payload, dict):
+            found, value = webhook_block.key_path.extract(payload)
+            key = value if found and isinstance(value, str) else None
+    deliveries.refused_call(bot, block, status, error, key)
 
 
 def render_metrics(gate: Gate, webhook_calls: dict[int, int]) -> str:
