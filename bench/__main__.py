@@ -11,12 +11,14 @@ from . import (
     live,
     million,
     retention_memory,
+    sweep,
     timer_lateness,
     virtual_time,
     waits_memory,
 )
 
-BENCHMARKS = [cli_startup, virtual_time, engines, million, live, http_throughput, waits_memory, timer_lateness, retention_memory]
+BENCHMARKS = [cli_startup, virtual_time, engines, million, sweep, live, http_throughput, waits_memory, timer_lateness,
+              retention_memory]
 
 
 def main() -> None:

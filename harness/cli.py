@@ -1,4 +1,4 @@
-"""The ``harness`` command: serve, run, validate, report (SPEC §5, §16).
+"""The ``harness`` command: serve, run, validate, report (SPEC §5, §16), delays (§15.7).
 
 Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input (file, option) is
 invalid; 130 interrupted by Ctrl+C (SIGINT), 143 by SIGTERM.
@@ -556,6 +556,26 @@ def report(results: Annotated[Path, typer.Argument(
     _print_summary(verdicts)
     raise typer.Exit(0 if all(verdict.passed for verdict in verdicts) else 1)
 
+
+@app.command()
+def delays(
+    store: Annotated[str, typer.Option(help="The gate's store: sqlite:PATH or postgresql://…")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the rows (.csv or .parquet).")],
+    bot: Annotated[str | None, typer.Option(help="Only this bot (exact id).")] = None,
+    block: Annotated[str | None, typer.Option(help="Only this webhook block.")] = None,
+) -> None:
+    """Export every resolved wait as a delay observation (timeouts right-censored). Exit 2 on a bad store."""
+    from .store.export import ExportError, export_delays, write_delays
+
+    try:
+        frame = export_delays(store, bot=bot, block=block)
+        write_delays(frame, out_file)
+    except ExportError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--out {out_file}: cannot be written: {error}")
+    print(f"{len(frame)} waits ({int(frame['censored'].sum())} timed out, "
+          f"{int(frame['late_delay_s'].notna().sum())} with a late call) written to {out_file}")
 
 def main() -> None:
     app()
