@@ -7,7 +7,7 @@ psutil every 50 ms and keeps the peak of their sum. Baselines from the same run:
 
 * **frame** — the resulting DataFrame's own size (``memory_usage(deep=True)``): what the caller
   asked for, and the floor of any way of returning it;
-* **imports** — the RSS of a process that has only imported ``harness.runner``, times the
+* **imports** — the RSS of a process that has only imported ``harness.runner.api``, times the
   processes of the tree (parent + workers): what the tree costs before it holds a single row;
 * **before** (``--before CHECKOUT``) — the same run with another checkout's ``harness``, e.g.
   the whole-result transport this replaced (measured at 2.95 GiB peak, ~200 s).
@@ -41,7 +41,7 @@ seconds = time.perf_counter() - start
 assert len(frame) == conversations and frame["outcome"].notna().all()
 print(json.dumps({"seconds": seconds, "frame_mib": frame.memory_usage(deep=True).sum() / 2**20}))
 """
-IMPORTS = "import harness.runner, psutil; print(psutil.Process().memory_info().rss / 2**20)"
+IMPORTS = "import harness.runner.api, psutil; print(psutil.Process().memory_info().rss / 2**20)"  # what each process loads
 
 
 def tree_rss(process: object) -> int:
