@@ -6,11 +6,13 @@ import sys
 
 from . import (
     cli_startup,
+    dashboard,
     engines,
     http_throughput,
     live,
     million,
     retention_memory,
+    scripts,
     sweep,
     timer_lateness,
     virtual_time,
@@ -18,7 +20,7 @@ from . import (
 )
 
 BENCHMARKS = [cli_startup, virtual_time, engines, million, sweep, live, http_throughput, waits_memory, timer_lateness,
-              retention_memory]
+              retention_memory, scripts, dashboard]
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -166,6 +166,10 @@ def serve(
              "readable from disk).")] = 3600.0,
     log_level: Annotated[str, typer.Option(
         metavar="LEVEL", help="info logs one JSON line per resolution and per refused call; warning: errors only.")] = "info",
+    graceful_timeout: Annotated[float, typer.Option(
+        metavar="SECONDS",
+        help="On SIGTERM or Ctrl+C, seconds the requests in flight may take to finish (new connections are "
+             "refused meanwhile).")] = 30.0,
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
     level = logging.getLevelName(log_level.upper())
@@ -177,6 +181,8 @@ def serve(
         fail("--body-timeout: must be a positive number of seconds")
     if not 0 <= retention < float("inf"):
         fail("--retention: must be a number of seconds >= 0")
+    if not 0 <= graceful_timeout < float("inf"):
+        fail("--graceful-timeout: must be a number of seconds >= 0")
     if not 0 <= port <= 65535:
         fail(f"--port: must be 0..65535, got {port}")
     import trio
@@ -195,12 +201,14 @@ def serve(
     except (ValueError, OSError) as error:
         fail(f"--store {store}: {error}")
     gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention)
-    for bot in loaded:
-        existing = gate_store.get_bot(bot.id)
-        if existing is None:
-            gate.add_bot(bot)
-        elif existing.to_dict() != bot.to_dict():
-            say(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
+
+    async def add_bots() -> None:
+        for bot in loaded:
+            existing = await gate_store.get_bot(bot.id)
+            if existing is None:
+                await gate.add_bot(bot)
+            elif existing.to_dict() != bot.to_dict():
+                say(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
 
     async def stop_requested() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -212,12 +220,14 @@ def serve(
 
     async def main() -> None:
         nonlocal listening
+        await add_bots()
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
-                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested))
+                api_token=api_token, body_timeout=body_timeout, graceful_timeout=graceful_timeout,
+                shutdown_trigger=stop_requested))
             listening = True
-            names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
+            names = ", ".join(bot.id for bot in await gate_store.bots()) or "none"
             say(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop")
 
     keep_long_lived_state_out_of_gc()
@@ -233,13 +243,19 @@ def serve(
     say("stopped")
 
 
-def _print_summary(results: list[CaseResult]) -> None:
-    """Print one table per scenario and the verdict line (last on stdout)."""
+def _print_summary(results: list[CaseResult], loaded: list[Any] | None = None,
+                   mode: str = "virtual") -> list[CaseResult]:
+    """Print one table per scenario and the verdict line (last on stdout); return the verdicts.
+
+    ``loaded``: the scenarios run, whose sub-cases left out by their ``modes`` are listed as skipped."""
     from rich.measure import Measurement
 
-    from .runner.report import verdict_line
+    from .runner.report import in_run_order, skipped_results, verdict_line
 
     out = _stdout_console()
+    if loaded is not None:
+        skipped = [result for scenario in loaded for result in skipped_results(scenario, mode)]
+        results = in_run_order(loaded, results, skipped)
     scenarios: dict[str, list[CaseResult]] = {}
     for result in results:
         scenarios.setdefault(result.scenario, []).append(result)
@@ -252,6 +268,7 @@ def _print_summary(results: list[CaseResult]) -> None:
         else:
             _print_stacked(out, scenario, cases)
     print(verdict_line(results), flush=True)
+    return results
 
 
 def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
@@ -266,7 +283,12 @@ def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
         table.add_column(Text(column), justify=justify)  # type: ignore[arg-type]
     for result in cases:
         row = result.summary
-        cells = (result.case, result.variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
+        variant = ",".join(filter(None, (result.variant, f"party={result.party}" if result.named_party else "")))
+        if result.skipped is not None:
+            table.add_row(Text(result.case), Text(variant), Text("-"), *(Text("") for _ in range(7)),
+                          Text(f"skipped: {result.skipped}"), style="dim")
+            continue
+        cells = (result.case, variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
                  f"{row['timeout_rate']:.1%}", f"{row['misattributed_rate']:.1%}", row["statuses"],
                  f"{row['p50_waited_s']:.2f}/{row['p95_waited_s']:.2f} s", _expectations(row),
                  row["thresholds"].replace("; ", "\n"))
@@ -285,6 +307,9 @@ def _print_stacked(out: Console, scenario: str, cases: list[CaseResult]) -> None
     out.print(Text(f"scenario {scenario}", style="italic"))
     for result in cases:
         row = result.summary
+        if result.skipped is not None:
+            out.print(Text(f"- {result.label}  skipped: {result.skipped}", style="dim"))
+            continue
         lines = [
             f"{'✓' if result.passed else '✗'} {result.label}  n {row['n']}, expect {_expectations(row)}",
             f"    success {row['success_rate']:.1%}  failure {row['failure_rate']:.1%}  "
@@ -368,6 +393,9 @@ def run(
         "--junit-xml", metavar="FILE", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
     summary_json: Annotated[Path | None, typer.Option(
         "--summary-json", metavar="FILE", help="Write the per-case summary as JSON (SPEC §12).")] = None,
+    time_scale: Annotated[float, typer.Option(
+        "--time-scale", metavar="FACTOR", help="Multiply every duration (delays, gaps, retries, arrivals, timeouts, time thresholds) "
+        "by this factor, e.g. 0.1 for a quick live rehearsal.")] = 1.0,
 ) -> None:
     """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails.
 
@@ -376,6 +404,8 @@ def run(
     """
     if driver not in ("asgi", "core"):
         fail(f"--driver: one of asgi, core; got {driver!r}")
+    if not 0 < time_scale < float("inf"):
+        fail(f"--time-scale: a positive number; got {time_scale!r}")
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         fail(f"--out {out}: results go to a .parquet or .csv file")
     for option, report_path in (("--junit-xml", junit_xml), ("--summary-json", summary_json)):
@@ -403,6 +433,7 @@ def run(
     import time
 
     from .runner import ResultsWriter, RunError, stream_loaded_scenario, to_frame
+    from .runner.api import runnable
     from .runner.engine import RunInterrupted
     from .runner.progress import progress_display
     from .runner.report import case_results, write_junit_xml, write_summary_json
@@ -410,22 +441,24 @@ def run(
 
     # Rows stream from the runner piece by piece: appended to --out as they come and summarised
     # one sub-case at a time, so memory does not grow with the number of conversations.
-    total = sum(subcase.conversations for scenario in loaded for subcase in scenario.subcases)
-    results, durations_s = [], dict[str, float]()
+    total = sum(subcase.conversations for scenario in loaded
+                for subcase in runnable(scenario, live=target is not None).subcases)
+    results: list[CaseResult] = []
+    durations_s: dict[str, float] = {}
     interrupted: int | None = None  # the exit code, once a signal stopped the run
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(ResultsWriter(out)) if out is not None else None
         interruption = stack.enter_context(_Interruption())
         executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
         for scenario in loaded:
-            conversations = sum(subcase.conversations for subcase in scenario.subcases)
+            conversations = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
             began = time.monotonic()
             pending: list[pd.DataFrame] = []  # the sub-case being summarised (an interruption keeps it)
             try:
                 with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
                     pieces = stream_loaded_scenario(scenario, target=target, concurrency=concurrency,
                                                     workers=workers, executor=executor, driver=driver,
-                                                    progress=progress, api_token=api_token)
+                                                    progress=progress, api_token=api_token, time_scale=time_scale)
                     for rows in by_subcase(_written(pieces, writer, pending)):
                         del pending[:-1]  # the last piece may hold the next sub-case's first rows
                         results.extend(case_results(rows))
@@ -437,22 +470,22 @@ def run(
                         pending.append(to_frame(error.finished))
                         if writer is not None:
                             writer.write(pending[-1])
-                    summarised = {(result.scenario, result.case, result.variant) for result in results}
+                    summarised = {(result.scenario, result.case, result.variant, result.party) for result in results}
                     results.extend(result for rows in by_subcase(pending) for result in case_results(rows)
-                                   if (result.scenario, result.case, result.variant) not in summarised)
+                                   if (result.scenario, result.case, result.variant, result.party) not in summarised)
                 interrupted = interruption.exit_code
             finally:
                 durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
             if interrupted is not None:
                 break
     with _ignoring_interrupts():
-        finished = sum(result.summary["n"] for result in results)
+        finished = sum(result.summary["n"] for result in results if result.party == 0)  # a row per party
         if writer is not None:
             say(f"{writer.rows} rows written to {out}")
         if interrupted is not None:
             say(f"interrupted: {finished} of {total} conversations finished")
         else:
-            _print_summary(results)
+            results = _print_summary(results, loaded, "live" if target is not None else "virtual")
         if junit_xml is not None:
             write_junit_xml(results, junit_xml, durations_s=durations_s)
         if summary_json is not None:

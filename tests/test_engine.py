@@ -27,7 +27,9 @@ PAYLOAD = {"data": {"amount": 42, "id": "pay_1", "items": [{"sku": "A1"}]}}
 
 
 def same_rows(first: pd.DataFrame, second: pd.DataFrame) -> None:
-    pd.testing.assert_frame_equal(first.drop(columns="conversation_key"), second.drop(columns="conversation_key"))
+    """Equal to the bit, conversation keys included (in-process keys come from the seed, SPEC §15.5)."""
+    pd.testing.assert_frame_equal(first, second)
+    assert first.equals(second)
 
 
 def bot(**webhook: Any) -> dict[str, Any]:
@@ -245,7 +247,7 @@ def test_finished_conversations_cost_the_runner_and_its_gate_little_memory() -> 
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             assert blocks[0].length == 20_000
-            assert driver.gate is not None and driver.gate.open_wait_count() == 0
+            assert driver.gate is not None and await driver.gate.open_wait_count() == 0
             return baseline, peak
 
     baseline, peak = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -24,6 +24,7 @@ SMALL = {
     "fit_processor_delays.ipynb": "conversations = 150\ntimeouts = [120, 150, 180, 210]\n"
                                   "decision_timeouts = [60, 120, 180, 240]\ndecision_conversations = 200\nn_boot = 200",
     "decide_from_gate.ipynb": "conversations = 200\ndecision_timeouts = [2, 4, 8, 16]\nn_boot = 200",
+    "two_events.ipynb": "conversations = 60\ngaps = [-4, -1, 0, 1, 4]",
 }
 
 pytestmark = pytest.mark.slow

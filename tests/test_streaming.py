@@ -70,6 +70,35 @@ def test_pieces_are_bounded_in_order_and_give_the_rows_of_one_whole_run(small_pi
     pd.testing.assert_frame_equal(without_keys(run_scenario(MIXED, workers=1, driver="core")), without_keys(reference))
 
 
+TWO_PARTIES = {
+    "name": "two", "bot": str(BOTS / "payment_two_events.toml"), "seed": 5,
+    "cases": [
+        {"name": "pair", "conversations": 120, "parties": [
+            {"block": "wait_authorised", "delay_s": {"dist": "uniform", "low": 0, "high": 6},
+             "payload": {"type": "payment_intent.succeeded", "data": {"object": {"id": "pi_1"}}}},
+            {"block": "wait_captured", "delay_s": {"dist": "uniform", "low": 0, "high": 6},
+             "payload": {"type": "checkout.session.completed", "data": {"object": {"amount_total": 4200}}}}]},
+        {"name": "pair_other", "conversations": 70, "parties": [
+            {"block": "wait_authorised", "delay_s": 1, "payload": {"data": {"object": {"id": "pi_1"}}}},
+            {"block": "wait_captured", "delay_s": 2, "key": "other",
+             "payload": {"data": {"object": {"amount_total": 4200}}}}]},
+    ],
+}
+
+
+def test_a_case_with_parties_is_cut_by_conversation_and_keeps_its_seeded_keys(small_pieces: None) -> None:
+    pieces = list(stream_loaded_scenario(as_scenario(TWO_PARTIES), workers=1, driver="core"))
+    # A row per party: 40 conversations (80 rows) a piece; a party with key = "other" keeps its case whole.
+    assert [(len(piece), set(piece["case"].astype(str))) for piece in pieces] == [
+        (80, {"pair"}), (80, {"pair"}), (80, {"pair"}), (140, {"pair_other"})]
+    # Within a cut case, each piece lists its parties in turn; the rows, keys included, are the whole run's.
+    in_order = ["case", "party", "conversation"]
+    frame = concat_results(pieces).sort_values(in_order, kind="stable").reset_index(drop=True)
+    reference = whole_run(TWO_PARTIES).sort_values(in_order, kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(frame, reference)
+    assert frame["conversation_key"].notna().all()
+
+
 def test_by_subcase_regroups_pieces_into_one_frame_per_sub_case(small_pieces: None) -> None:
     pieces = stream_loaded_scenario(as_scenario(MIXED), workers=1, driver="core")
     groups = list(by_subcase(pieces))

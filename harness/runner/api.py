@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ from .drivers import DRIVERS, live
 from .engine import RunError, RunInterrupted, execute
 from .progress import NO_PROGRESS, NotebookProgress, Progress
 from .results import ResultBlock, concat_results, to_frame
-from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
+from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario, time_scaled
 from .shards import auto_workers, outside_any_event_loop, run_pieces
 
-__all__ = ["run_scenario", "run_loaded_scenario", "stream_loaded_scenario", "as_scenario"]
+__all__ = ["run_scenario", "run_loaded_scenario", "stream_loaded_scenario", "as_scenario", "runnable"]
 
 
 def as_scenario(path_or_dict: str | Path | dict[str, Any] | Scenario, *, seed: int | None = None) -> Scenario:
@@ -40,6 +41,14 @@ def as_scenario(path_or_dict: str | Path | dict[str, Any] | Scenario, *, seed: i
     return load_scenario(path_or_dict, seed=seed)
 
 
+def runnable(scenario: Scenario, *, live: bool) -> Scenario:
+    """The scenario with only the sub-cases whose ``modes`` include the run's mode (SPEC §16.4)."""
+    mode = "live" if live else "virtual"
+    if all(mode in subcase.modes for subcase in scenario.subcases):
+        return scenario
+    return replace(scenario, subcases=[subcase for subcase in scenario.subcases if mode in subcase.modes])
+
+
 def run_loaded_scenario(
     scenario: Scenario,
     *,
@@ -52,12 +61,13 @@ def run_loaded_scenario(
     driver: str = "asgi",
     progress: Progress = NO_PROGRESS,
     api_token: str | None = None,
+    time_scale: float = 1.0,
 ) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario` and :func:`stream_loaded_scenario`."""
     return concat_results(stream_loaded_scenario(
         scenario, target=target, on_conversation_started=on_conversation_started,
         on_conversation_done=on_conversation_done, concurrency=concurrency, workers=workers, executor=executor,
-        driver=driver, progress=progress, api_token=api_token))
+        driver=driver, progress=progress, api_token=api_token, time_scale=time_scale))
 
 
 def stream_loaded_scenario(
@@ -72,6 +82,7 @@ def stream_loaded_scenario(
     driver: str = "asgi",
     progress: Progress = NO_PROGRESS,
     api_token: str | None = None,
+    time_scale: float = 1.0,
 ) -> Iterator[pd.DataFrame]:
     """Run a validated scenario; yield its rows as typed frames, piece by piece, in run order.
 
@@ -79,7 +90,12 @@ def stream_loaded_scenario(
     :data:`~harness.runner.shards.PIECE_CONVERSATIONS` conversations (a live run: in one piece);
     :func:`~harness.runner.results.concat_results` joins them into what :func:`run_scenario`
     returns, :class:`~harness.runner.results.ResultsWriter` appends them to a file. A piece
-    holds whole sub-cases or a slice of one; a piece's categories are its own.
+    holds whole sub-cases or a slice of one (a range of its conversations, with every party's
+    rows: parties follow each other within a piece); a piece's categories are its own.
+
+    Only the sub-cases whose ``modes`` include this run's mode run (``"live"`` with a
+    ``target``, else ``"virtual"``): the others have no rows (:func:`~harness.runner.report.skipped_results`
+    names them). ``time_scale`` multiplies every duration of the scenario (:func:`time_scaled`).
 
     ``progress`` hears of every conversation that starts and finishes (see
     :mod:`harness.runner.progress`); the callbacks are called once per conversation too, when its
@@ -87,6 +103,7 @@ def stream_loaded_scenario(
     """
     if driver not in DRIVERS:
         raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
+    scenario = runnable(time_scaled(scenario, time_scale), live=target is not None)
     on_started, on_done = on_conversation_started, on_conversation_done
     if progress is not NO_PROGRESS:
 
@@ -141,6 +158,7 @@ def run_scenario(
     driver: str = "asgi",
     progress: bool = False,
     api_token: str | None = None,
+    time_scale: float = 1.0,
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
 
@@ -153,6 +171,9 @@ def run_scenario(
     seed. ``driver`` picks how a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in
     process) or ``"core"`` (the same webhook handling without HTTP framing; same rows, faster).
     ``progress=True`` shows a bar of conversations started and finished (a widget in Jupyter).
+    ``time_scale=0.1`` runs every duration (delays, gaps, retries, arrivals, timeouts, time
+    thresholds) at a tenth: a live rehearsal of a long suite in a fraction of its time.
+    A case whose ``modes`` leave out this run's mode (virtual, or live with ``target``) has no rows.
     Raises ``InvalidScenario`` listing every problem::
 
         frame = run_scenario("scenarios/payment.toml")
@@ -161,8 +182,8 @@ def run_scenario(
     scenario = as_scenario(path_or_dict, seed=seed)
     if not progress:
         return run_loaded_scenario(scenario, target=target, workers=workers, executor=executor, driver=driver,
-                                   api_token=api_token)
-    total = sum(subcase.conversations for subcase in scenario.subcases)
+                                   api_token=api_token, time_scale=time_scale)
+    total = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
     with NotebookProgress(scenario.name, total) as bar:
         return run_loaded_scenario(scenario, target=target, workers=workers, executor=executor, driver=driver,
-                                   progress=bar, api_token=api_token)
+                                   progress=bar, api_token=api_token, time_scale=time_scale)

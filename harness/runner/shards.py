@@ -54,7 +54,7 @@ import trio.testing
 
 from ..gc_tuning import long_lived_state_out_of_gc
 from .drivers import open_driver
-from .engine import Plan, RunInterrupted, execute
+from .engine import Plan, RunInterrupted, SeededKeys, execute
 from .results import ResultBlock
 from .scenario import Scenario
 
@@ -84,8 +84,9 @@ def plan_pieces(scenario: Scenario, workers: int = 1, *, size: int | None = None
 
     With several ``workers``, pieces are smaller when the run is small, so that each worker gets
     a few (:data:`PIECES_PER_WORKER`) and they finish together. Consecutive small sub-cases share
-    a piece; a sub-case larger than a piece is cut into equal index ranges, except one with
-    ``key = "other"`` (its keys depend on each other), which stays whole.
+    a piece; a sub-case larger than a piece is cut into equal index ranges, except one where a
+    party has ``key = "other"`` (its keys depend on each other), which stays whole. Keys are
+    seeded per conversation (:class:`~harness.runner.engine.SeededKeys`), so the cut changes none.
     """
     size = PIECE_CONVERSATIONS if size is None else size
     total = sum(subcase.conversations for subcase in scenario.subcases)
@@ -96,7 +97,8 @@ def plan_pieces(scenario: Scenario, workers: int = 1, *, size: int | None = None
     count = 0
     for subcase in scenario.subcases:
         n = subcase.conversations
-        parts = 1 if subcase.key == "other" else max(1, math.ceil(n / size))
+        others = any(party.key == "other" for party in subcase.parties)  # keys that depend on each other: one piece
+        parts = 1 if others else max(1, math.ceil(n / size))
         bounds = [round(n * i / parts) for i in range(parts + 1)]
         for start, stop in zip(bounds, bounds[1:]):
             if stop <= start:
@@ -126,10 +128,12 @@ def run_virtual(scenario: Scenario, *, plans: list[Plan] | None = None, driver: 
                 on_conversation_started: Progress = None, on_conversation_done: Progress = None) -> list[ResultBlock]:
     """Run ``plans`` (default: the whole scenario) in this process against a fresh in-process gate."""
 
+    keys = SeededKeys(scenario.seed, scenario.name)  # keys per conversation: the same however the run is spread
+
     async def main() -> list[ResultBlock]:
-        async with open_driver(driver) as gate_driver:
+        async with open_driver(driver, new_key=keys) as gate_driver:
             return await execute(scenario, gate_driver, plans=plans, on_conversation_started=on_conversation_started,
-                                 on_conversation_done=on_conversation_done)
+                                 on_conversation_done=on_conversation_done, keys=keys)
 
     with long_lived_state_out_of_gc():
         return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # parsing a threshold needs neither; checking one loads them
 
 __all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "metric_mask", "RATE_METRICS", "AGGREGATES"]
 
-RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate", "late_rate")
+RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate", "late_rate", "early_rate")
 AGGREGATES = ("p50", "p95", "p99", "mean", "max")
 _COLUMNS = ("waited_s", "delay_s")
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -71,7 +71,8 @@ def metric_mask(metric: str, rows: pd.DataFrame) -> pd.Series:
     """For a rate metric: which conversations it counts (the rate is this mask's mean).
 
     ``late_rate`` counts conversations with at least one 410 ``wait_expired`` answer: from the
-    ``late_calls`` column where the runner recorded it, else from the ``statuses`` column.
+    ``late_calls`` column where the runner recorded it, else from the ``statuses`` column;
+    ``early_rate`` those whose wait was resolved at once by a held early call (``received_early``).
     """
     if metric == "success_rate":
         return (rows["outcome"] == "success").fillna(False).astype(bool)
@@ -82,6 +83,8 @@ def metric_mask(metric: str, rows: pd.DataFrame) -> pd.Series:
     if metric == "misattributed_rate":
         resolved_by = rows["resolved_by"]
         return (resolved_by.notna() & (resolved_by != rows["conversation"])).fillna(False).astype(bool)
+    if metric == "early_rate":
+        return (rows["reason"] == "received_early").fillna(False).astype(bool)
     if metric == "late_rate":
         import pandas as pd
 

@@ -12,7 +12,6 @@ Countdowns run in the browser between polls: the snapshot carries the server's c
 
 from __future__ import annotations
 
-import heapq
 import re
 from importlib.resources import files
 from typing import Any
@@ -44,29 +43,27 @@ def derived_from(bot_id: str, ids: set[str]) -> str | None:
     return match["base"] if match and match["base"] in ids else None
 
 
-def snapshot(gate: Gate, deliveries: Deliveries | None = None) -> dict[str, Any]:
+async def snapshot(gate: Gate, deliveries: Deliveries | None = None) -> dict[str, Any]:
     """What the page shows, as JSON: bots, open waits (soonest first), recent events, counters.
+
+    Its cost does not grow with the number of open waits: the store answers the soonest
+    :data:`MAX_OPEN_WAITS` from its deadline index and the count from a maintained counter.
 
     With ``deliveries`` (the web layer's record of webhook answers): the last calls, accepted and
     refused, newest first, and ``refused`` — the last 50 refused calls (SPEC §16.3).
     """
     clock = gate.clock
     now = trio.current_time()
-    waiting = list(gate.store.waiting_conversations())
-    soonest = heapq.nsmallest(MAX_OPEN_WAITS, (c for c in waiting if c.open_wait is not None),
-                              key=lambda c: c.open_wait.deadline if c.open_wait else 0.0)
-    open_waits = []
-    for conversation in soonest:
-        wait = conversation.open_wait
-        assert wait is not None
-        open_waits.append({
-            "bot": conversation.bot, "block": wait.block, "conversation": conversation.key[:KEY_PREFIX] + "…",
-            "opened_at": clock.iso(wait.opened_at), "timeout_s": wait.timeout_s,
-            "deadline": clock.iso(wait.deadline), "deadline_unix": clock.unix(wait.deadline),
-        })
+    open_count = await gate.store.open_wait_count()
+    soonest = await gate.store.soonest_open_waits(MAX_OPEN_WAITS)
+    bots = await gate.store.bots()
+    open_waits = [{
+        "bot": wait.bot, "block": wait.block, "conversation": wait.key[:KEY_PREFIX] + "…",
+        "opened_at": clock.iso(wait.opened_at), "timeout_s": wait.timeout_s,
+        "deadline": clock.iso(wait.deadline), "deadline_unix": clock.unix(wait.deadline),
+    } for wait in soonest]
     stats = gate.stats
     resolved = {f"{outcome}/{reason}": count for (outcome, reason), count in sorted(stats.resolutions.items())}
-    bots = list(gate.store.bots())
     ids = {bot.id for bot in bots}
     recent = list(reversed(deliveries.recent)) if deliveries is not None else []
     refused = list(reversed(deliveries.refused)) if deliveries is not None else []
@@ -75,13 +72,13 @@ def snapshot(gate: Gate, deliveries: Deliveries | None = None) -> dict[str, Any]
         "now_unix": clock.unix(now),
         "bots": [{"id": bot.id, "name": bot.name, "webhooks": gate.webhook_urls(bot),
                   "derived_from": derived_from(bot.id, ids)} for bot in bots],
-        "open_waits": {"count": len(waiting), "shown": open_waits},
+        "open_waits": {"count": open_count, "shown": open_waits},
         "recent_resolutions": list(reversed(gate.recent_resolutions)),  # newest first
         "recent_late_calls": list(reversed(gate.recent_late_calls)),
         "deliveries": recent,  # newest first: accepted (2xx) and refused (4xx) webhook calls
         "refused": refused,
         "counters": {
-            "open_waits": len(waiting),
+            "open_waits": open_count,
             "waits_opened": stats.waits_opened,
             "resolved": resolved,
             "succeeded": sum(n for (outcome, _), n in stats.resolutions.items() if outcome == "success"),
@@ -119,4 +116,4 @@ def register_dashboard(app: QuartTrio, gate: Gate, deliveries: Deliveries | None
 
     @app.get("/api/dashboard")
     async def dashboard_data() -> Response:
-        return json_response(snapshot(gate, deliveries), headers={"Cache-Control": "no-store"})
+        return json_response(await snapshot(gate, deliveries), headers={"Cache-Control": "no-store"})
