@@ -10,6 +10,7 @@ from . import (
     engines,
     http_throughput,
     live,
+    million,
     retention_memory,
     scripts,
     sweep,
@@ -18,7 +19,7 @@ from . import (
     waits_memory,
 )
 
-BENCHMARKS = [cli_startup, virtual_time, engines, sweep, live, http_throughput, waits_memory, timer_lateness,
+BENCHMARKS = [cli_startup, virtual_time, engines, million, sweep, live, http_throughput, waits_memory, timer_lateness,
               retention_memory, scripts, dashboard]
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from .core.bots import Bot
+    from .runner import ResultsWriter
     from .runner.report import CaseResult
 
 app = typer.Typer(
@@ -242,16 +243,16 @@ def serve(
     say("stopped")
 
 
-def _print_summary(frame: pd.DataFrame, loaded: list[Any] | None = None, mode: str = "virtual") -> list[CaseResult]:
+def _print_summary(results: list[CaseResult], loaded: list[Any] | None = None,
+                   mode: str = "virtual") -> list[CaseResult]:
     """Print one table per scenario and the verdict line (last on stdout); return the verdicts.
 
     ``loaded``: the scenarios run, whose sub-cases left out by their ``modes`` are listed as skipped."""
     from rich.measure import Measurement
 
-    from .runner.report import case_results, in_run_order, skipped_results, verdict_line
+    from .runner.report import in_run_order, skipped_results, verdict_line
 
     out = _stdout_console()
-    results = case_results(frame)
     if loaded is not None:
         skipped = [result for scenario in loaded for result in skipped_results(scenario, mode)]
         results = in_run_order(loaded, results, skipped)
@@ -431,51 +432,60 @@ def run(
 
     import time
 
-    import pandas as pd
-
-    from .runner import RunError, run_loaded_scenario, save_results, to_frame
+    from .runner import ResultsWriter, RunError, stream_loaded_scenario, to_frame
     from .runner.api import runnable
     from .runner.engine import RunInterrupted
     from .runner.progress import progress_display
-    from .runner.report import write_junit_xml, write_summary_json
+    from .runner.report import case_results, write_junit_xml, write_summary_json
+    from .runner.results import by_subcase
 
+    # Rows stream from the runner piece by piece: appended to --out as they come and summarised
+    # one sub-case at a time, so memory does not grow with the number of conversations.
     total = sum(subcase.conversations for scenario in loaded
                 for subcase in runnable(scenario, live=target is not None).subcases)
-    frames, durations_s = [], dict[str, float]()
+    results: list[CaseResult] = []
+    durations_s: dict[str, float] = {}
     interrupted: int | None = None  # the exit code, once a signal stopped the run
     with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(ResultsWriter(out)) if out is not None else None
         interruption = stack.enter_context(_Interruption())
         executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
         for scenario in loaded:
             conversations = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
             began = time.monotonic()
+            pending: list[pd.DataFrame] = []  # the sub-case being summarised (an interruption keeps it)
             try:
                 with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
-                    frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency,
-                                                      workers=workers, executor=executor, driver=driver,
-                                                      progress=progress, api_token=api_token, time_scale=time_scale))
+                    pieces = stream_loaded_scenario(scenario, target=target, concurrency=concurrency,
+                                                    workers=workers, executor=executor, driver=driver,
+                                                    progress=progress, api_token=api_token, time_scale=time_scale)
+                    for rows in by_subcase(_written(pieces, writer, pending)):
+                        del pending[:-1]  # the last piece may hold the next sub-case's first rows
+                        results.extend(case_results(rows))
             except RunError as error:
                 fail(f"{scenario.source}: {error}", 1)
             except (RunInterrupted, KeyboardInterrupt) as error:
-                if isinstance(error, RunInterrupted) and error.finished:
-                    frames.append(to_frame(error.finished))
+                with _ignoring_interrupts():  # writing what finished must not be cut short by a second Ctrl+C
+                    if isinstance(error, RunInterrupted) and error.finished:
+                        pending.append(to_frame(error.finished))
+                        if writer is not None:
+                            writer.write(pending[-1])
+                    summarised = {(result.scenario, result.case, result.variant, result.party) for result in results}
+                    results.extend(result for rows in by_subcase(pending) for result in case_results(rows)
+                                   if (result.scenario, result.case, result.variant, result.party) not in summarised)
                 interrupted = interruption.exit_code
             finally:
                 durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
             if interrupted is not None:
                 break
-    with _ignoring_interrupts():  # writing what finished must not be cut short by a second Ctrl+C
-        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0] if frames else to_frame([])
-        if out is not None:
-            save_results(frame, out)
-            say(f"{len(frame)} rows written to {out}")
+    with _ignoring_interrupts():
+        finished = sum(result.summary["n"] for result in results if result.party == 0)  # a row per party
+        if writer is not None:
+            say(f"{writer.rows} rows written to {out}")
         if interrupted is not None:
-            from .runner.report import case_results
-
-            results = case_results(frame) if len(frame) else []
-            say(f"interrupted: {int((frame['party'] == 0).sum())} of {total} conversations finished")
+            say(f"interrupted: {finished} of {total} conversations finished")
         else:
-            results = _print_summary(frame, loaded, "live" if target is not None else "virtual")
+            results = _print_summary(results, loaded, "live" if target is not None else "virtual")
         if junit_xml is not None:
             write_junit_xml(results, junit_xml, durations_s=durations_s)
         if summary_json is not None:
@@ -483,6 +493,16 @@ def run(
     if interrupted is not None:
         raise typer.Exit(interrupted)
     raise typer.Exit(0 if all(result.passed for result in results) else 1)
+
+
+def _written(pieces: Iterator[pd.DataFrame], writer: ResultsWriter | None,
+             pending: list[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """The pieces, each appended to ``writer`` (if any) on its way and kept in ``pending`` until summarised."""
+    for piece in pieces:
+        if writer is not None:
+            writer.write(piece)
+        pending.append(piece)
+        yield piece
 
 
 @contextlib.contextmanager
@@ -563,7 +583,11 @@ def report(results: Annotated[Path, typer.Argument(
         frame = load_results(results)
     except (ValueError, OSError) as error:
         fail(f"{results}: {error}" if str(results) not in str(error) else str(error))
-    raise typer.Exit(0 if all(result.passed for result in _print_summary(frame)) else 1)
+    from .runner.report import case_results
+
+    verdicts = case_results(frame)
+    _print_summary(verdicts)
+    raise typer.Exit(0 if all(verdict.passed for verdict in verdicts) else 1)
 
 
 @app.command()

@@ -62,13 +62,15 @@ SPREAD = {
 
 def test_a_large_case_is_cut_into_index_ranges_with_the_same_rows() -> None:
     from harness.runner import as_scenario
-    from harness.runner.shards import plan_shards
+    from harness.runner.shards import plan_pieces
 
-    groups = plan_shards(as_scenario(SPREAD), 2)
-    big = [plan for group in groups for plan in group if plan.subcase == 0]
-    assert len(big) == 2 and {(p.start, p.stop) for p in big} == {(0, 200), (200, 400)}
-    other = [plan for group in groups for plan in group if plan.subcase == 2]
+    pieces = plan_pieces(as_scenario(SPREAD), 2)  # 600 conversations: pieces of 75 at most
+    big = [plan for piece in pieces for plan in piece if plan.subcase == 0]
+    assert [(p.start, p.stop) for p in big] == [(0, 67), (67, 133), (133, 200), (200, 267), (267, 333), (333, 400)]
+    other = [plan for piece in pieces for plan in piece if plan.subcase == 2]
     assert [(p.start, p.stop) for p in other] == [(0, 40)]  # keys depend on each other: never cut
+    order = [(plan.subcase, plan.start) for piece in pieces for plan in piece]
+    assert order == sorted(order)  # in the scenario's order: pieces are handed on as they come
     thresholds, callbacks = gc.get_threshold(), list(gc.callbacks)
     single = run_scenario(SPREAD, workers=1, driver="core")
     with ThreadPoolExecutor(max_workers=2) as pool:

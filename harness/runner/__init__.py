@@ -15,18 +15,20 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .api import as_scenario, run_loaded_scenario, run_scenario
+    from .api import as_scenario, run_loaded_scenario, run_scenario, stream_loaded_scenario
     from .drivers import Driver, in_process, live
     from .engine import RunError, execute
-    from .results import load_results, save_results, summarize, to_frame
+    from .results import ResultsWriter, concat_results, load_results, save_results, summarize, to_frame
     from .scenario import InvalidScenario, Scenario, SubCase, load_scenario, parse_scenario
 
 # public name -> the module that defines it
 _HOMES = {
     "as_scenario": ".api", "run_loaded_scenario": ".api", "run_scenario": ".api",
+    "stream_loaded_scenario": ".api",
     "Driver": ".drivers", "in_process": ".drivers", "live": ".drivers",
     "RunError": ".engine", "execute": ".engine",
     "load_results": ".results", "save_results": ".results", "summarize": ".results", "to_frame": ".results",
+    "ResultsWriter": ".results", "concat_results": ".results",
     "InvalidScenario": ".scenario", "Scenario": ".scenario", "SubCase": ".scenario", "load_scenario": ".scenario",
     "parse_scenario": ".scenario",
 }
@@ -34,10 +36,12 @@ _HOMES = {
 __all__ = [
     "Driver",
     "InvalidScenario",
+    "ResultsWriter",
     "RunError",
     "Scenario",
     "SubCase",
     "as_scenario",
+    "concat_results",
     "execute",
     "in_process",
     "live",
@@ -47,6 +51,7 @@ __all__ = [
     "run_loaded_scenario",
     "run_scenario",
     "save_results",
+    "stream_loaded_scenario",
     "summarize",
     "to_frame",
 ]

@@ -7,13 +7,11 @@ thread of its own — not ``trio.to_thread`` — so virtual time is unaffected).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 import trio
@@ -23,13 +21,11 @@ from .distributions import DelayError
 from .drivers import DRIVERS, live
 from .engine import RunError, RunInterrupted, execute
 from .progress import NO_PROGRESS, NotebookProgress, Progress
-from .results import ResultBlock, to_frame
+from .results import ResultBlock, concat_results, to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario, time_scaled
-from .shards import auto_workers, run_spread, run_virtual
+from .shards import auto_workers, outside_any_event_loop, run_pieces
 
-__all__ = ["run_scenario", "run_loaded_scenario", "as_scenario", "runnable"]
-
-T = TypeVar("T")
+__all__ = ["run_scenario", "run_loaded_scenario", "stream_loaded_scenario", "as_scenario", "runnable"]
 
 
 def as_scenario(path_or_dict: str | Path | dict[str, Any] | Scenario, *, seed: int | None = None) -> Scenario:
@@ -53,16 +49,6 @@ def runnable(scenario: Scenario, *, live: bool) -> Scenario:
     return replace(scenario, subcases=[subcase for subcase in scenario.subcases if mode in subcase.modes])
 
 
-def _outside_any_event_loop(function: Callable[[], T]) -> T:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return function()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="harness-trio") as pool:
-        # The worker thread gets this context (context variables of the caller stay visible).
-        return pool.submit(contextvars.copy_context().run, function).result()
-
-
 def run_loaded_scenario(
     scenario: Scenario,
     *,
@@ -77,7 +63,35 @@ def run_loaded_scenario(
     api_token: str | None = None,
     time_scale: float = 1.0,
 ) -> pd.DataFrame:
-    """Run a validated scenario; see :func:`run_scenario`.
+    """Run a validated scenario; see :func:`run_scenario` and :func:`stream_loaded_scenario`."""
+    return concat_results(stream_loaded_scenario(
+        scenario, target=target, on_conversation_started=on_conversation_started,
+        on_conversation_done=on_conversation_done, concurrency=concurrency, workers=workers, executor=executor,
+        driver=driver, progress=progress, api_token=api_token, time_scale=time_scale))
+
+
+def stream_loaded_scenario(
+    scenario: Scenario,
+    *,
+    target: str | None = None,
+    on_conversation_started: Callable[[], None] | None = None,
+    on_conversation_done: Callable[[], None] | None = None,
+    concurrency: int = 64,
+    workers: int | None = None,
+    executor: Executor | None = None,
+    driver: str = "asgi",
+    progress: Progress = NO_PROGRESS,
+    api_token: str | None = None,
+    time_scale: float = 1.0,
+) -> Iterator[pd.DataFrame]:
+    """Run a validated scenario; yield its rows as typed frames, piece by piece, in run order.
+
+    A virtual-time run comes in pieces of at most
+    :data:`~harness.runner.shards.PIECE_CONVERSATIONS` conversations (a live run: in one piece);
+    :func:`~harness.runner.results.concat_results` joins them into what :func:`run_scenario`
+    returns, :class:`~harness.runner.results.ResultsWriter` appends them to a file. A piece
+    holds whole sub-cases or a slice of one (a range of its conversations, with every party's
+    rows: parties follow each other within a piece); a piece's categories are its own.
 
     Only the sub-cases whose ``modes`` include this run's mode run (``"live"`` with a
     ``target``, else ``"virtual"``): the others have no rows (:func:`~harness.runner.report.skipped_results`
@@ -85,7 +99,7 @@ def run_loaded_scenario(
 
     ``progress`` hears of every conversation that starts and finishes (see
     :mod:`harness.runner.progress`); the callbacks are called once per conversation too, when its
-    start returns and when its row is written — from shard processes as well, in batches.
+    start returns and when its row is written — from worker processes as well, in batches.
     """
     if driver not in DRIVERS:
         raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
@@ -105,7 +119,8 @@ def run_loaded_scenario(
 
         on_started, on_done = started, finished
     try:
-        return _run(scenario, target, on_started, on_done, concurrency, workers, executor, driver, api_token)
+        for blocks in _run(scenario, target, on_started, on_done, concurrency, workers, executor, driver, api_token):
+            yield to_frame(blocks)
     except* DelayError as group:
         # A delay callable's bad output is found while drawing, inside trio's nurseries: say it plainly.
         raise InvalidScenario([str(error) for error in leaves(group)]) from None
@@ -119,7 +134,7 @@ def run_loaded_scenario(
 
 def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] | None,
          on_done: Callable[[], None] | None, concurrency: int, workers: int | None, executor: Executor | None,
-         driver: str, api_token: str | None) -> pd.DataFrame:
+         driver: str, api_token: str | None) -> Iterator[list[ResultBlock]]:
     if target is not None:
 
         async def real_time() -> list[ResultBlock]:
@@ -127,13 +142,10 @@ def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] 
                 return await execute(scenario, gate_driver, on_conversation_started=on_started,
                                      on_conversation_done=on_done)
 
-        return to_frame(_outside_any_event_loop(lambda: trio.run(real_time)))
+        return iter([outside_any_event_loop(lambda: trio.run(real_time))])
     processes = auto_workers(scenario) if workers is None else max(1, workers)
-    if executor is not None or processes > 1:
-        return to_frame(run_spread(scenario, processes, executor=executor, driver=driver,
-                                   on_conversation_started=on_started, on_conversation_done=on_done))
-    return to_frame(_outside_any_event_loop(lambda: run_virtual(
-        scenario, driver=driver, on_conversation_started=on_started, on_conversation_done=on_done)))
+    return run_pieces(scenario, processes, executor=executor, driver=driver, on_conversation_started=on_started,
+                      on_conversation_done=on_done)
 
 
 def run_scenario(

@@ -20,11 +20,15 @@ conversation's calls answered 410 ``wait_expired``; ``delay_s`` is NaN for ``nev
 The runner hands over :class:`ResultBlock` objects, one per (slice of a) sub-case, column by
 column: the sub-case's settings once, per-conversation values as compact arrays. A finished
 conversation costs a few hundred bytes there, not a dict of thirty boxed values.
+
+A large run arrives in pieces (see :mod:`harness.runner.shards`): each piece is typed on arrival
+(:func:`to_frame`), and :func:`concat_results` puts the typed pieces together column by column,
+so the whole frame is never held twice; :class:`ResultsWriter` appends them to a file instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +38,8 @@ import pandas as pd
 
 from .thresholds import AGGREGATES, RATE_METRICS, metric_value, parse_threshold
 
-__all__ = ["COLUMNS", "ResultBlock", "to_frame", "save_results", "load_results", "summarize", "summarize_rows",
-           "threshold_verdicts"]
+__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "by_subcase", "save_results", "load_results",
+           "summarize", "summarize_rows", "threshold_verdicts"]
 
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
                "conversation_status", "expected_outcome", "thresholds")
@@ -112,18 +116,123 @@ def _apply_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def concat_results(pieces: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Typed result pieces (:func:`to_frame`'s, in run order) → one frame, as if typed whole.
+
+    Column by column, each column's pieces let go as soon as it is joined: the peak is the frame
+    plus one column. Categories keep their first-seen order across pieces (a piece's own
+    categories are first-seen within it); Arrow-backed strings are joined without a copy.
+    """
+    parts = [dict(piece.items()) for piece in pieces]
+    if len(parts) == 1:
+        return pd.DataFrame(parts[0], copy=False)
+    if not parts:
+        return to_frame([])
+    columns: dict[str, Any] = {}
+    for name in list(parts[0]):
+        series = [part.pop(name) for part in parts]
+        if isinstance(series[0].dtype, pd.CategoricalDtype):
+            categories = list(dict.fromkeys(value for one in series for value in one.cat.categories))
+            codes = np.concatenate([one.cat.set_categories(categories).cat.codes.to_numpy() for one in series])
+            columns[name] = pd.Series(pd.Categorical.from_codes(codes, categories=categories), name=name, copy=False)
+        else:
+            columns[name] = pd.concat(series, ignore_index=True)
+        del series
+    return pd.DataFrame(columns, copy=False)
+
+
+def by_subcase(pieces: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Typed pieces in run order → one frame per sub-case (its rows share scenario, case and variant).
+
+    A sub-case's rows are consecutive, possibly over several pieces: each frame is yielded as
+    soon as the next sub-case begins, so only one sub-case's rows are held at a time.
+    """
+    pending: list[pd.DataFrame] = []
+    current: Any = None
+    for piece in pieces:
+        for key, rows in piece.groupby(["scenario", "case", "variant"], observed=True, sort=False, dropna=False):
+            if pending and key != current:
+                yield concat_results(pending)
+                pending = []
+            pending.append(rows.reset_index(drop=True))
+            current = key
+    if pending:
+        yield concat_results(pending)
+
+
+class ResultsWriter:
+    """Append typed result pieces to a ``.parquet`` file (a row group each) or a ``.csv`` file.
+
+    A run's memory then does not depend on how many rows it writes. Parquet keeps the dtypes
+    (categories as dictionaries, nullable integers, Arrow strings); :func:`load_results` reads
+    either back. Use as a context manager; the file is complete once it is closed::
+
+        with ResultsWriter("results.parquet") as writer:
+            for piece in pieces:
+                writer.write(piece)
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.suffix = self.path.suffix.lower()
+        if self.suffix not in (".parquet", ".csv"):
+            raise ValueError(f"{self.path}: results go to a .parquet or .csv file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = 0
+        self._parquet: Any = None  # pyarrow.parquet.ParquetWriter, opened with the first piece's schema
+        self._schema: Any = None
+        # Closed by close(): the writer is the context manager.
+        self._csv = open(self.path, "w", newline="", encoding="utf-8") if self.suffix == ".csv" else None  # noqa: SIM115
+
+    def write(self, piece: pd.DataFrame) -> None:
+        if self._csv is not None:
+            piece.to_csv(self._csv, header=self.rows == 0, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(piece, preserve_index=False)
+            if self._parquet is None:
+                # Every piece has its own categories, maybe none: one dictionary type fits them all.
+                self._schema = pa.schema([_wide_dictionary(field) for field in table.schema],
+                                         metadata=table.schema.metadata)
+                self._parquet = pq.ParquetWriter(self.path, self._schema)
+            self._parquet.write_table(table.cast(self._schema))
+        self.rows += len(piece)
+
+    def close(self) -> None:
+        """Finish the file (closing twice is harmless)."""
+        if self._csv is not None:
+            self._csv.close()
+            return
+        if self._parquet is None:
+            self.write(to_frame([]))  # no piece came: an empty file with the results' columns
+        parquet: Any = self._parquet
+        if parquet.is_open:
+            parquet.close()
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _wide_dictionary(field: Any) -> Any:
+    """A dictionary column's field with 32-bit indices (and text values when its piece had none)."""
+    import pyarrow as pa
+
+    if not pa.types.is_dictionary(field.type):
+        return field
+    values = field.type.value_type
+    return field.with_type(pa.dictionary(pa.int32(), pa.large_string() if pa.types.is_null(values) else values))
+
+
 def save_results(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write ``.parquet`` (keeps dtypes) or ``.csv``; anything else is refused."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".csv"):
-        raise ValueError(f"{path}: results go to a .parquet or .csv file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
-    return path
+    with ResultsWriter(path) as writer:
+        writer.write(frame)
+    return writer.path
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
