@@ -1,0 +1,447 @@
+"""A store on PostgreSQL (``--store postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME``), shared by
+any number of gate processes on any number of machines (SPEC §13).
+
+* **No blocking on the event loop.** psycopg's async API is asyncio-only, so the store uses sync
+  psycopg connections from a :class:`psycopg_pool.ConnectionPool` in worker threads
+  (``trio.to_thread.run_sync``); under trio's ``MockClock`` (tests in virtual time) it runs them
+  inline instead, since a thread would let virtual time jump. Only the SQL runs in a thread: the
+  process's caches change on the event loop, between two awaits.
+* **Exactly-once from the database.** Resolving a wait is ``UPDATE waits … WHERE outcome IS NULL``
+  plus ``UPDATE conversations … WHERE version = <the version we read>`` in one transaction; if
+  either touches no row another process got there first, the transaction rolls back and
+  :meth:`commit` answers False (the gate then re-reads the real state to answer 410 or 409).
+* **One clock: the database's.** At connect the store measures the database's
+  ``clock_timestamp()`` against this process's clock; :meth:`wall_time` is this process's time
+  corrected by that difference, so every process maps its trio clock onto the database's, whatever
+  its own wall clock says. Deadlines, ``opened_at``, ``resolved_at`` and late calls' ``at`` are all
+  on that clock, so processes whose clocks differ agree on which call was late.
+* **Orphaned deadlines.** Every process arms timers for the waits it knows, and once a second
+  (:meth:`overdue_waits`) claims overdue open waits nobody resolved — their process died, or the
+  database was down — with ``FOR UPDATE SKIP LOCKED`` on a partial index of open deadlines and a
+  short lease, so live processes share that work instead of all doing it.
+* **Coherent caches.** Bots never change once stored: one found is cached, one not found is asked
+  for again next time (a bot registered anywhere is served everywhere at once). A conversation is
+  cached with its row version and number of late calls, checked with one indexed read per use.
+* **Outages.** Connect, statement and TCP timeouts bound every call to a few seconds; a database
+  that cannot answer raises :class:`StoreUnavailable` (the server answers 503
+  ``store_unavailable``) and a failed transaction changes nothing. The pool reconnects in the
+  background; broken connections are dropped at the first error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from ..core.bots import Bot, parse_bot
+from ..core.conversations import Conversation, WallClock
+from ..core.errors import Refused
+from ..core.js import scripts_run_inline
+from ..core.store import StoreUnavailable
+from .rows import WAIT_COLUMNS, conversation_from_rows, state_json, wait_rows
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["PostgresStore", "SCHEMA_VERSION"]
+
+log = logging.getLogger("harness.store.postgres")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+CACHE_SIZE = 10_000
+POOL_SIZE = 8
+CONNECT_TIMEOUT_S = 2  # libpq's connect_timeout (whole seconds)
+STATEMENT_TIMEOUT_MS = 3000
+POOL_WAIT_S = 3.0  # waiting for a free connection; with the timeouts above a call fails within ≈ 4 s
+ORPHAN_LEASE_S = 2.0  # a process that claimed overdue waits has this long before others may claim them
+CLOCK_SAMPLES = 5
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS harness_schema (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS bots (
+    id text PRIMARY KEY,
+    document text NOT NULL,
+    seq bigint GENERATED ALWAYS AS IDENTITY          -- registration order
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    key text PRIMARY KEY,
+    bot text NOT NULL REFERENCES bots(id),
+    version integer NOT NULL,
+    state text NOT NULL                              -- JSON, as on SQLite (key order kept)
+);
+CREATE TABLE IF NOT EXISTS waits (
+    key text NOT NULL REFERENCES conversations(key),
+    idx integer NOT NULL,
+    block text NOT NULL,
+    opened_at double precision NOT NULL,             -- unix seconds on the database's clock
+    deadline double precision NOT NULL,
+    timeout_s integer NOT NULL,
+    outcome text,
+    reason text,
+    resolved_at double precision,
+    waited_s double precision,
+    claimed_until double precision,                  -- lease of a process resolving it as overdue
+    PRIMARY KEY (key, idx)
+);
+CREATE INDEX IF NOT EXISTS open_wait_deadlines ON waits (deadline) WHERE outcome IS NULL;
+CREATE TABLE IF NOT EXISTS late_calls (
+    key text NOT NULL REFERENCES conversations(key),
+    block text NOT NULL,
+    at double precision NOT NULL,
+    after_deadline_s double precision NOT NULL,
+    seq bigint GENERATED ALWAYS AS IDENTITY
+);
+CREATE INDEX IF NOT EXISTS late_calls_by_key ON late_calls (key, seq);
+INSERT INTO harness_schema (version) SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT 1 FROM harness_schema);
+"""
+
+
+class _Lost(Exception):
+    """Another process changed the conversation first; the transaction rolls back."""
+
+
+def _import_psycopg() -> tuple[Any, Any]:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        raise ValueError(
+            "the PostgreSQL store needs psycopg: pip install 'webhook-gate-harness[postgresql]'") from None
+    return psycopg, psycopg_pool
+
+
+class PostgresStore:
+    shared = True
+
+    def __init__(self, url: str, *, cache_size: int = CACHE_SIZE, pool_size: int = POOL_SIZE) -> None:
+        """Connect, create the tables if needed, and measure the database's clock.
+
+        Raises :class:`ValueError` with a message for people when the database cannot be reached,
+        or holds a schema newer than this code knows.
+        """
+        psycopg, psycopg_pool = _import_psycopg()
+        self._errors: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg_pool.PoolTimeout,
+                                                        psycopg.InterfaceError)
+        self.url = url
+        self.cache_size = cache_size
+        shown = _without_password(url)
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as error:
+            raise ValueError(f"{shown}: not a PostgreSQL URL: {error}") from None
+        self._pool: ConnectionPool = psycopg_pool.ConnectionPool(
+            url, min_size=1, max_size=pool_size, open=False, timeout=POOL_WAIT_S,
+            reconnect_timeout=5.0,  # give up a background attempt soon: the next request starts a fresh one
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "tcp_user_timeout": STATEMENT_TIMEOUT_MS + 1000,  # an unreachable host, not only a stopped server
+                "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}"
+                           " -c idle_in_transaction_session_timeout=10000 -c TimeZone=UTC",
+                "application_name": "harness",
+            },
+        )
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S + POOL_WAIT_S)
+            with self._pool.connection() as connection:
+                version = self._create_schema(connection)
+                self._skew = self._measure_skew(connection)
+        except self._errors as error:
+            self._pool.close()
+            raise ValueError(f"{shown}: cannot use the database: {_reason(error)}") from None
+        if version > SCHEMA_VERSION:
+            self._pool.close()
+            raise ValueError(f"{shown}: the database holds harness schema version {version}, newer than this "
+                             f"harness knows ({SCHEMA_VERSION}); upgrade the harness")
+        self._limiter = trio.CapacityLimiter(pool_size)
+        self._clock: WallClock | None = None
+        self._bots: dict[str, Bot] = {}
+        self._seen: OrderedDict[str, tuple[int, int, Conversation]] = OrderedDict()  # key -> (version, lates, copy)
+
+    @staticmethod
+    def _create_schema(connection: psycopg.Connection[Any]) -> int:
+        """Create the tables once, whoever starts first; the version the database holds."""
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext('harness_schema'))")
+            connection.execute(_SCHEMA)
+            row = connection.execute("SELECT max(version) FROM harness_schema").fetchone()
+        return int(row[0]) if row and row[0] is not None else SCHEMA_VERSION
+
+    @staticmethod
+    def _measure_skew(connection: psycopg.Connection[Any]) -> float:
+        """The database's clock minus ours, from the sample with the shortest round trip."""
+        best: tuple[float, float] | None = None
+        for _ in range(CLOCK_SAMPLES):
+            before = time.time()
+            row = connection.execute("SELECT extract(epoch FROM clock_timestamp())::double precision").fetchone()
+            after = time.time()
+            assert row is not None
+            sample = (after - before, float(row[0]) - (before + after) / 2)
+            if best is None or sample[0] < best[0]:
+                best = sample
+        assert best is not None
+        return best[1]
+
+    def wall_time(self) -> float:
+        """Unix seconds on the database's clock (this process's clock, corrected)."""
+        return time.time() + self._skew
+
+    def bind(self, clock: WallClock) -> None:
+        self._clock = clock
+
+    @property
+    def clock(self) -> WallClock:
+        if self._clock is None:
+            raise RuntimeError("PostgresStore is not bound to a gate's clock")
+        return self._clock
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- running SQL off the event loop ---------------------------------------------------------
+
+    async def _run(self, work: Callable[[psycopg.Connection[Any]], T], *, read_only: bool = False) -> T:
+        """Run ``work`` with a pooled connection, in a worker thread (inline under MockClock).
+
+        A database that cannot answer raises :class:`StoreUnavailable`; a read is tried once more
+        first, since the connection it got may be one the server dropped while it was idle.
+        """
+        attempts = 2 if read_only else 1
+        for attempt in range(attempts):
+            try:
+                if scripts_run_inline():
+                    return self._with_connection(work)
+                return await trio.to_thread.run_sync(self._with_connection, work, limiter=self._limiter)
+            except self._errors as error:
+                if attempt + 1 < attempts:
+                    continue
+                raise StoreUnavailable(_reason(error)) from None
+        raise AssertionError("unreachable")
+
+    def _with_connection(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        try:
+            with self._pool.connection() as connection:
+                return work(connection)
+        except self._errors:
+            self._pool.check()  # drop every idle connection the server has closed, not just this one
+            raise
+
+    # -- bots ---------------------------------------------------------------------------------
+
+    async def add_bot(self, bot: Bot) -> None:
+        document = json.dumps(bot.to_dict())
+
+        def insert(connection: psycopg.Connection[Any]) -> int:
+            return connection.execute("INSERT INTO bots (id, document) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING",
+                                      (bot.id, document)).rowcount
+
+        if await self._run(insert) != 1:
+            raise Refused("bot_exists", f"a bot with id {bot.id!r} already exists")
+        self._bots[bot.id] = bot
+
+    async def get_bot(self, bot_id: str) -> Bot | None:
+        bot = self._bots.get(bot_id)
+        if bot is not None:
+            return bot
+
+        def select(connection: psycopg.Connection[Any]) -> Any:
+            return connection.execute("SELECT document FROM bots WHERE id = %s", (bot_id,)).fetchone()
+
+        row = await self._run(select, read_only=True)
+        if row is None:
+            return None
+        return self._bots.setdefault(bot_id, parse_bot(json.loads(row[0])))
+
+    async def bots(self) -> list[Bot]:
+        def select(connection: psycopg.Connection[Any]) -> list[Any]:
+            return connection.execute("SELECT id, document FROM bots ORDER BY seq").fetchall()
+
+        rows = await self._run(select, read_only=True)
+        return [self._bots.get(bot_id) or self._bots.setdefault(bot_id, parse_bot(json.loads(document)))
+                for bot_id, document in rows]
+
+    # -- conversations --------------------------------------------------------------------------
+
+    async def add_conversation(self, conversation: Conversation) -> None:
+        state = state_json(conversation, self.clock)
+        waits = wait_rows(conversation, self.clock)
+
+        def insert(connection: psycopg.Connection[Any]) -> None:
+            with connection.transaction():
+                connection.execute("INSERT INTO conversations (key, bot, version, state) VALUES (%s, %s, 1, %s)",
+                                   (conversation.key, conversation.bot, state))
+                _insert_waits(connection, waits)
+
+        await self._run(insert)
+        self._remember(conversation.key, 1, 0, conversation)
+
+    async def get_conversation(self, key: str) -> Conversation | None:
+        seen = self._seen.get(key)
+        known = (seen[0], seen[1]) if seen is not None else None
+
+        def select(connection: psycopg.Connection[Any]) -> tuple[int, int, Any] | None:
+            row = connection.execute(
+                "SELECT version, (SELECT count(*) FROM late_calls l WHERE l.key = c.key), bot, state"
+                " FROM conversations c WHERE key = %s", (key,)).fetchone()
+            if row is None:
+                return None
+            version, lates, bot, state = row
+            if known == (version, lates):
+                return version, lates, None
+            waits = connection.execute(f"SELECT {WAIT_COLUMNS} FROM waits WHERE key = %s ORDER BY idx",
+                                       (key,)).fetchall()
+            late_calls = connection.execute(
+                "SELECT block, at, after_deadline_s FROM late_calls WHERE key = %s ORDER BY seq", (key,)).fetchall()
+            return version, lates, (bot, state, waits, late_calls)
+
+        found = await self._run(select, read_only=True)
+        if found is None:
+            self._seen.pop(key, None)
+            return None
+        version, lates, rows = found
+        current = self._seen.get(key)
+        if rows is None and current is not None and (current[0], current[1]) == (version, lates):
+            self._seen.move_to_end(key)
+            return current[2]
+        if rows is None:  # our copy changed while we asked (or is gone): load it afresh
+            return await self.get_conversation_fresh(key)
+        bot, state, waits, late_calls = rows
+        conversation = conversation_from_rows(key, bot, state, waits, late_calls, self.clock)
+        self._remember(key, version, lates, conversation)
+        return conversation
+
+    async def get_conversation_fresh(self, key: str) -> Conversation | None:
+        self._seen.pop(key, None)
+        return await self.get_conversation(key)
+
+    def _remember(self, key: str, version: int, lates: int, conversation: Conversation) -> None:
+        self._seen[key] = (version, lates, conversation)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.cache_size:
+            self._seen.popitem(last=False)
+
+    async def forget(self, key: str) -> None:
+        self._seen.pop(key, None)  # still in the database; the next read loads it again
+
+    async def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
+        wait = conversation.waits[resolved_wait]
+        assert wait.resolved_at is not None
+        seen = self._seen.get(conversation.key)
+        if seen is None or seen[2] is not conversation:
+            return False  # not our current copy: we cannot vouch for the version it was read at
+        version, lates = seen[0], seen[1]
+        resolution = (wait.outcome, wait.reason, self.clock.unix(wait.resolved_at), wait.waited_s,
+                      conversation.key, resolved_wait)
+        state = state_json(conversation, self.clock)
+        later_waits = wait_rows(conversation, self.clock, resolved_wait + 1)
+
+        def update(connection: psycopg.Connection[Any]) -> bool:
+            try:
+                with connection.transaction():
+                    claimed = connection.execute(
+                        "UPDATE waits SET outcome = %s, reason = %s, resolved_at = %s, waited_s = %s"
+                        " WHERE key = %s AND idx = %s AND outcome IS NULL", resolution).rowcount
+                    updated = connection.execute(
+                        "UPDATE conversations SET state = %s, version = version + 1 WHERE key = %s AND version = %s",
+                        (state, conversation.key, version)).rowcount
+                    if claimed != 1 or updated != 1:
+                        raise _Lost
+                    _insert_waits(connection, later_waits)
+            except _Lost:
+                return False
+            return True
+
+        try:
+            committed = await self._run(update)
+        except StoreUnavailable:
+            self._seen.pop(conversation.key, None)  # our copy was changed in memory: forget it
+            raise
+        if not committed:
+            self._seen.pop(conversation.key, None)
+            return False
+        self._remember(conversation.key, version + 1, lates, conversation)
+        return True
+
+    async def add_late_call(self, conversation: Conversation, late_call: dict[str, Any]) -> None:
+        row = (conversation.key, late_call["block"], self.clock.unix(late_call["at"]), late_call["after_deadline_s"])
+
+        def insert(connection: psycopg.Connection[Any]) -> None:
+            connection.execute("INSERT INTO late_calls (key, block, at, after_deadline_s) VALUES (%s, %s, %s, %s)",
+                               row)
+
+        await self._run(insert)
+        conversation.late_calls.append(late_call)
+        seen = self._seen.get(conversation.key)
+        if seen is not None and seen[2] is conversation:
+            self._seen[conversation.key] = (seen[0], seen[1] + 1, conversation)
+
+    async def overdue_waits(self, now: float, limit: int) -> list[tuple[str, int]]:
+        """Claim up to ``limit`` open waits whose deadline is at or before ``now`` (trio time).
+
+        Rows another process is claiming right now are skipped (``SKIP LOCKED``), and a claim
+        holds for :data:`ORPHAN_LEASE_S`, so live processes split a backlog between them; a
+        claimer that dies leaves its claims to the others once the lease ends.
+        """
+        cutoff = self.clock.unix(now)
+
+        def claim(connection: psycopg.Connection[Any]) -> list[tuple[str, int]]:
+            with connection.transaction():
+                rows = connection.execute(
+                    "UPDATE waits SET claimed_until = %(lease)s FROM ("
+                    "  SELECT key, idx FROM waits"
+                    "  WHERE outcome IS NULL AND deadline <= %(cutoff)s"
+                    "    AND (claimed_until IS NULL OR claimed_until <= %(cutoff)s)"
+                    "  ORDER BY deadline LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS due"
+                    " WHERE waits.key = due.key AND waits.idx = due.idx RETURNING waits.key, waits.idx",
+                    {"cutoff": cutoff, "lease": cutoff + ORPHAN_LEASE_S, "limit": limit}).fetchall()
+            return [(key, index) for key, index in rows]
+
+        return await self._run(claim)
+
+    async def waiting_conversations(self) -> list[Conversation]:
+        def select(connection: psycopg.Connection[Any]) -> list[str]:
+            return [row[0] for row in connection.execute("SELECT DISTINCT key FROM waits WHERE outcome IS NULL")]
+
+        found = [await self.get_conversation(key) for key in await self._run(select, read_only=True)]
+        return [conversation for conversation in found if conversation is not None]
+
+    async def open_wait_count(self) -> int:
+        def count(connection: psycopg.Connection[Any]) -> int:
+            row = connection.execute("SELECT count(*) FROM waits WHERE outcome IS NULL").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(count, read_only=True)
+
+    async def check(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the database answers now (``/healthz``)."""
+        await self._run(lambda connection: connection.execute("SELECT 1").fetchone(), read_only=True)
+
+
+def _insert_waits(connection: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        with connection.cursor() as cursor:
+            cursor.executemany(f"INSERT INTO waits (key, idx, {WAIT_COLUMNS}) VALUES"
+                               " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+
+
+def _reason(error: BaseException) -> str:
+    """A one-line reason for people (psycopg's messages span lines)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"database unavailable: {text}"[:300]
+
+
+def _without_password(url: str) -> str:
+    """The URL as shown in messages: never with its password."""
+    import re
+
+    return re.sub(r"^(postgres(?:ql)?://[^:/@]*):[^@]*@", r"\1:***@", url)
