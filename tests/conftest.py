@@ -11,6 +11,7 @@ import trio
 
 from harness.core.bots import Bot, load_bot, parse_bot
 from harness.core.gate import Gate
+from harness.core.store import Store
 from harness.store import open_store
 from harness.testing import LocalPostgres, ServerProcess
 from harness.web.server import create_app
@@ -47,11 +48,28 @@ def webhook_bot(timeout_s: int = 30, secret: str = "", bot_id: str = "pay", **ma
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def gate(request: pytest.FixtureRequest, nursery: trio.Nursery, tmp_path: Path) -> Gate:
+# Every store the gate runs on; store-dependent tests run once per kind.
+STORE_KINDS = ["memory", "sqlite"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def make_store(kind: str, tmp_path: Path) -> Store:
+    """A fresh store of ``kind`` (a :data:`STORE_KINDS` name) whose files live under ``tmp_path``."""
+    if kind == "memory":
+        return open_store("memory")
+    if kind == "sqlite":
+        return open_store(f"sqlite:{tmp_path / 'gate.db'}")
+    raise ValueError(f"no store kind {kind!r}")
+
+
+@pytest.fixture
+async def gate(store_kind: str, nursery: trio.Nursery, tmp_path: Path) -> Gate:
     """A running gate; every test using it runs once per store."""
-    store = open_store("memory" if request.param == "memory" else f"sqlite:{tmp_path / 'gate.db'}")
-    gate = Gate(public_url=PUBLIC_URL, store=store)
+    gate = Gate(public_url=PUBLIC_URL, store=make_store(store_kind, tmp_path))
     await nursery.start(gate.run)
     return gate
 

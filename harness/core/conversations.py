@@ -23,7 +23,10 @@ __all__ = [
     "Outcome",
     "Reason",
     "Wait",
+    "EarlyCall",
+    "EarlyOutcome",
     "Conversation",
+    "MAX_LATE_CALLS",
     "WallClock",
     "new_conversation_key",
     "iso_timestamp",
@@ -31,7 +34,10 @@ __all__ = [
 
 Status = Literal["running", "waiting", "completed", "errored"]
 Outcome = Literal["success", "failure"]
-Reason = Literal["received", "timeout"]
+Reason = Literal["received", "received_early", "timeout"]
+EarlyOutcome = Literal["pending", "used", "expired"]
+
+MAX_LATE_CALLS = 100  # late_calls entries a conversation keeps (SPEC §17.5); late_calls_total counts them all
 
 KEY_BYTES = 24  # 192 bits from the OS's CSPRNG; 32 base64url characters
 
@@ -74,6 +80,17 @@ class WallClock:
 
     def iso(self, trio_time: float | None) -> str | None:
         return None if trio_time is None else iso_timestamp(self.unix(trio_time))
+
+    def signing_time(self) -> float:
+        """Unix seconds to judge a signature's freshness by (SPEC §17.8).
+
+        In real time the wall clock as it is now — read at each call, so a stepped system clock
+        counts at once; under trio's ``MockClock`` the run's fixed mapping, so virtual time never
+        makes a signature stale.
+        """
+        if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            return self.unix(trio.current_time())
+        return self._wall()
 
 
 @dataclass(slots=True, eq=False)
@@ -120,6 +137,28 @@ class Wait:
 
 
 @dataclass(slots=True, eq=False)
+class EarlyCall:
+    """A call held because it came before its conversation reached the block (SPEC §14.1).
+
+    ``at`` and ``expires_at`` are trio times; ``id`` is the store's handle for the record.
+    """
+
+    block: str
+    at: float
+    expires_at: float
+    payload: dict[str, Any]
+    outcome: EarlyOutcome = "pending"
+    id: int = 0
+
+    def state(self, now: float, finished: bool) -> EarlyOutcome:
+        """What it is as of ``now``: a pending call reads ``expired`` past its time or once the
+        conversation finished, whether or not the store has written that down yet."""
+        if self.outcome == "pending" and (finished or now >= self.expires_at):
+            return "expired"
+        return self.outcome
+
+
+@dataclass(slots=True, eq=False)
 class Conversation:
     key: str
     bot: str
@@ -132,7 +171,34 @@ class Conversation:
     waits: list[Wait] = field(default_factory=list)
     error: dict[str, str] | None = None
     # Calls refused with wait_expired: {"block", "at" (trio time), "after_deadline_s"} (SPEC §8.3).
+    # Only the first MAX_LATE_CALLS are kept; late_calls_total counts every one (SPEC §17.5).
     late_calls: list[dict[str, Any]] = field(default_factory=list)
+    late_calls_total: int = 0
+    early_calls: list[EarlyCall] = field(default_factory=list)
+    # The stored version this copy was read at (stores that arbitrate between processes use it).
+    version: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "errored")
+
+    def clone(self) -> Conversation:
+        """A copy that shares nothing mutable with this one (variable values are never changed
+        in place, so they are shared)."""
+        return Conversation(
+            key=self.key, bot=self.bot, url=self.url, started_at=self.started_at, status=self.status,
+            block=self.block, variables=dict(self.variables), transcript=list(self.transcript),
+            waits=[copy.copy(wait) for wait in self.waits], error=self.error, late_calls=list(self.late_calls),
+            late_calls_total=self.late_calls_total, early_calls=[copy.copy(early) for early in self.early_calls],
+            version=self.version,
+        )
+
+    def pending_early_call(self, block: str, now: float) -> EarlyCall | None:
+        """The held call at ``block`` that is still usable at ``now``, if any."""
+        for early in self.early_calls:
+            if early.block == block and early.state(now, self.finished) == "pending":
+                return early
+        return None
 
     @contextmanager
     def rollback_on_error(self) -> Iterator[None]:
@@ -142,12 +208,13 @@ class Conversation:
         values, as nothing changes them in place.
         """
         saved = (self.status, self.block, dict(self.variables), list(self.transcript),
-                 [copy.copy(wait) for wait in self.waits], self.error, list(self.late_calls))
+                 [copy.copy(wait) for wait in self.waits], self.error, list(self.late_calls),
+                 self.late_calls_total, [copy.copy(early) for early in self.early_calls])
         try:
             yield
         except BaseException:
             (self.status, self.block, self.variables, self.transcript, self.waits, self.error,
-             self.late_calls) = saved
+             self.late_calls, self.late_calls_total, self.early_calls) = saved
             raise
 
     @property
@@ -163,7 +230,11 @@ class Conversation:
                 return wait
         return None
 
-    def as_dict(self, clock: WallClock) -> dict[str, Any]:
+    def as_dict(self, clock: WallClock, now: float | None = None) -> dict[str, Any]:
+        """The conversation as the API shows it; ``now`` (trio time, default: the current time)
+        decides whether a held early call still reads ``pending``."""
+        if now is None:
+            now = trio.current_time()
         return {
             "conversation_key": self.key,
             "conversation_url": self.url,
@@ -177,6 +248,11 @@ class Conversation:
             "error": self.error,
             "late_calls": [
                 {"block": late["block"], "at": clock.iso(late["at"]), "after_deadline_s": late["after_deadline_s"]}
-                for late in self.late_calls
+                for late in self.late_calls[:MAX_LATE_CALLS]
+            ],
+            "late_calls_total": max(self.late_calls_total, len(self.late_calls)),
+            "early_calls": [
+                {"block": early.block, "at": clock.iso(early.at), "outcome": early.state(now, self.finished)}
+                for early in self.early_calls
             ],
         }

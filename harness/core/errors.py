@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Refused", "STATUS_BY_CODE"]
+__all__ = ["Refused", "STATUS_BY_CODE", "STATUS_BY_ANSWER", "RETRY_AFTER_S"]
 
 # The contract's error codes and their HTTP statuses (SPEC §3, §4.2, §11), in one table that the
 # server and the runner's transport-free driver share.
@@ -23,6 +23,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_conversation": 404,
     "wait_expired": 410,
     "not_waiting": 409,
+    "already_held": 409,  # an early call is already held for this conversation and block (SPEC §14.1)
+    "store_unavailable": 503,  # the store cannot answer now; nothing changed (SPEC §13.3)
     "invalid_bot": 422,
     "bot_exists": 409,
     "unknown_bot": 404,
@@ -30,6 +32,11 @@ STATUS_BY_CODE: dict[str, int] = {
     "body_timeout": 408,
     "invalid_request": 400,  # Content-Length with Transfer-Encoding (harness.web.http_guard)
 }
+
+# The statuses of a webhook call that was not refused, by the answer's "status" field.
+STATUS_BY_ANSWER: dict[str, int] = {"accepted": 200, "held": 202}
+
+RETRY_AFTER_S = 1  # the Retry-After of a 503 store_unavailable
 
 
 class Refused(Exception):
