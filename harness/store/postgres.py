@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from ..core.bots import Bot, parse_bot
-from ..core.conversations import Conversation, WallClock
+from ..core.conversations import MAX_LATE_CALLS, Conversation, EarlyCall, WallClock
 from ..core.errors import Refused
 from ..core.js import scripts_run_inline
-from ..core.store import StoreUnavailable
+from ..core.store import OpenWait, StoreUnavailable
 from .rows import WAIT_COLUMNS, conversation_from_rows, state_json, wait_rows
 
 if TYPE_CHECKING:
@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     key text PRIMARY KEY,
     bot text NOT NULL REFERENCES bots(id),
     version integer NOT NULL,
-    state text NOT NULL                              -- JSON, as on SQLite (key order kept)
+    state text NOT NULL,                             -- JSON, as on SQLite (key order kept)
+    late_calls_total integer NOT NULL DEFAULT 0      -- late_calls keeps the first {MAX_LATE_CALLS}
 );
 CREATE TABLE IF NOT EXISTS waits (
     key text NOT NULL REFERENCES conversations(key),
@@ -101,6 +102,17 @@ CREATE TABLE IF NOT EXISTS late_calls (
     seq bigint GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX IF NOT EXISTS late_calls_by_key ON late_calls (key, seq);
+CREATE TABLE IF NOT EXISTS early_calls (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key text NOT NULL REFERENCES conversations(key),
+    block text NOT NULL,
+    at double precision NOT NULL,
+    expires_at double precision NOT NULL,
+    outcome text NOT NULL,                           -- pending | used | expired
+    payload text NOT NULL                            -- JSON
+);
+CREATE INDEX IF NOT EXISTS early_calls_by_key ON early_calls (key, id);
+CREATE INDEX IF NOT EXISTS pending_early_calls ON early_calls (expires_at) WHERE outcome = 'pending';
 INSERT INTO harness_schema (version) SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT 1 FROM harness_schema);
 """
 
@@ -166,7 +178,7 @@ class PostgresStore:
         self._limiter = trio.CapacityLimiter(pool_size)
         self._clock: WallClock | None = None
         self._bots: dict[str, Bot] = {}
-        self._seen: OrderedDict[str, tuple[int, int, Conversation]] = OrderedDict()  # key -> (version, lates, copy)
+        self._seen: OrderedDict[str, Conversation] = OrderedDict()  # our own copies, least recently used first
 
     @staticmethod
     def _create_schema(connection: psycopg.Connection[Any]) -> int:
@@ -205,8 +217,8 @@ class PostgresStore:
             raise RuntimeError("PostgresStore is not bound to a gate's clock")
         return self._clock
 
-    def close(self) -> None:
-        self._pool.close()
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(self._pool.close)
 
     # -- running SQL off the event loop ---------------------------------------------------------
 
@@ -252,23 +264,25 @@ class PostgresStore:
     async def get_bot(self, bot_id: str) -> Bot | None:
         bot = self._bots.get(bot_id)
         if bot is not None:
-            return bot
+            return bot  # bots never change once stored; one not found is asked for again next time
 
         def select(connection: psycopg.Connection[Any]) -> Any:
             return connection.execute("SELECT document FROM bots WHERE id = %s", (bot_id,)).fetchone()
 
         row = await self._run(select, read_only=True)
-        if row is None:
-            return None
-        return self._bots.setdefault(bot_id, parse_bot(json.loads(row[0])))
+        return None if row is None else self._bot(bot_id, row[0])
 
     async def bots(self) -> list[Bot]:
         def select(connection: psycopg.Connection[Any]) -> list[Any]:
             return connection.execute("SELECT id, document FROM bots ORDER BY seq").fetchall()
 
-        rows = await self._run(select, read_only=True)
-        return [self._bots.get(bot_id) or self._bots.setdefault(bot_id, parse_bot(json.loads(document)))
-                for bot_id, document in rows]
+        return [self._bot(bot_id, document) for bot_id, document in await self._run(select, read_only=True)]
+
+    def _bot(self, bot_id: str, document: str) -> Bot:
+        bot = self._bots.get(bot_id)
+        if bot is None:
+            bot = self._bots[bot_id] = parse_bot(json.loads(document))
+        return bot
 
     # -- conversations --------------------------------------------------------------------------
 
@@ -283,50 +297,61 @@ class PostgresStore:
                 _insert_waits(connection, waits)
 
         await self._run(insert)
-        self._remember(conversation.key, 1, 0, conversation)
+        conversation.version = 1
+        self._remember(conversation)
 
     async def get_conversation(self, key: str) -> Conversation | None:
+        """A copy of the conversation as stored now: from this process's cache when the stored
+        version and late-call count still match it (one indexed read), else loaded afresh."""
         seen = self._seen.get(key)
-        known = (seen[0], seen[1]) if seen is not None else None
+        known = (seen.version, seen.late_calls_total) if seen is not None else None
 
         def select(connection: psycopg.Connection[Any]) -> tuple[int, int, Any] | None:
             row = connection.execute(
-                "SELECT version, (SELECT count(*) FROM late_calls l WHERE l.key = c.key), bot, state"
-                " FROM conversations c WHERE key = %s", (key,)).fetchone()
+                "SELECT version, late_calls_total, bot, state FROM conversations WHERE key = %s", (key,)).fetchone()
             if row is None:
                 return None
-            version, lates, bot, state = row
-            if known == (version, lates):
-                return version, lates, None
+            version, late_total, bot, state = row
+            if known == (version, late_total):
+                return version, late_total, None
             waits = connection.execute(f"SELECT {WAIT_COLUMNS} FROM waits WHERE key = %s ORDER BY idx",
                                        (key,)).fetchall()
             late_calls = connection.execute(
-                "SELECT block, at, after_deadline_s FROM late_calls WHERE key = %s ORDER BY seq", (key,)).fetchall()
-            return version, lates, (bot, state, waits, late_calls)
+                "SELECT block, at, after_deadline_s FROM late_calls WHERE key = %s ORDER BY seq LIMIT %s",
+                (key, MAX_LATE_CALLS)).fetchall()
+            early_calls = connection.execute(
+                "SELECT id, block, at, expires_at, outcome, payload FROM early_calls WHERE key = %s ORDER BY id",
+                (key,)).fetchall()
+            return version, late_total, (bot, state, waits, late_calls, early_calls)
 
         found = await self._run(select, read_only=True)
         if found is None:
             self._seen.pop(key, None)
             return None
-        version, lates, rows = found
-        current = self._seen.get(key)
-        if rows is None and current is not None and (current[0], current[1]) == (version, lates):
-            self._seen.move_to_end(key)
-            return current[2]
-        if rows is None:  # our copy changed while we asked (or is gone): load it afresh
-            return await self.get_conversation_fresh(key)
-        bot, state, waits, late_calls = rows
+        version, late_total, rows = found
+        if rows is None:
+            current = self._seen.get(key)
+            if current is not None and (current.version, current.late_calls_total) == (version, late_total):
+                self._seen.move_to_end(key)
+                return current.clone()
+            self._seen.pop(key, None)  # our copy moved while we asked: load it afresh
+            return await self.get_conversation(key)
+        bot, state, waits, late_calls, early_calls = rows
+        trio_time = self.clock.from_unix
         conversation = conversation_from_rows(key, bot, state, waits, late_calls, self.clock)
-        self._remember(key, version, lates, conversation)
-        return conversation
+        conversation.version, conversation.late_calls_total = version, late_total
+        conversation.early_calls = [
+            EarlyCall(id=early_id, block=block, at=trio_time(at), expires_at=trio_time(expires_at),
+                      outcome=outcome, payload=json.loads(payload))
+            for early_id, block, at, expires_at, outcome, payload in early_calls
+        ]
+        self._remember(conversation)
+        return conversation.clone()
 
-    async def get_conversation_fresh(self, key: str) -> Conversation | None:
-        self._seen.pop(key, None)
-        return await self.get_conversation(key)
-
-    def _remember(self, key: str, version: int, lates: int, conversation: Conversation) -> None:
-        self._seen[key] = (version, lates, conversation)
-        self._seen.move_to_end(key)
+    def _remember(self, conversation: Conversation) -> None:
+        """Keep a copy of our own of what is stored now (callers own and change theirs)."""
+        self._seen[conversation.key] = conversation.clone()
+        self._seen.move_to_end(conversation.key)
         while len(self._seen) > self.cache_size:
             self._seen.popitem(last=False)
 
@@ -336,14 +361,12 @@ class PostgresStore:
     async def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
         wait = conversation.waits[resolved_wait]
         assert wait.resolved_at is not None
-        seen = self._seen.get(conversation.key)
-        if seen is None or seen[2] is not conversation:
-            return False  # not our current copy: we cannot vouch for the version it was read at
-        version, lates = seen[0], seen[1]
         resolution = (wait.outcome, wait.reason, self.clock.unix(wait.resolved_at), wait.waited_s,
                       conversation.key, resolved_wait)
         state = state_json(conversation, self.clock)
         later_waits = wait_rows(conversation, self.clock, resolved_wait + 1)
+        settled_early = [(early.outcome, early.id) for early in conversation.early_calls if early.outcome != "pending"]
+        version = conversation.version
 
         def update(connection: psycopg.Connection[Any]) -> bool:
             try:
@@ -357,6 +380,9 @@ class PostgresStore:
                     if claimed != 1 or updated != 1:
                         raise _Lost
                     _insert_waits(connection, later_waits)
+                    if settled_early:
+                        with connection.cursor() as cursor:
+                            cursor.executemany("UPDATE early_calls SET outcome = %s WHERE id = %s", settled_early)
             except _Lost:
                 return False
             return True
@@ -364,26 +390,81 @@ class PostgresStore:
         try:
             committed = await self._run(update)
         except StoreUnavailable:
-            self._seen.pop(conversation.key, None)  # our copy was changed in memory: forget it
+            self._seen.pop(conversation.key, None)  # we cannot know what the database holds now
             raise
         if not committed:
             self._seen.pop(conversation.key, None)
             return False
-        self._remember(conversation.key, version + 1, lates, conversation)
+        conversation.version = version + 1
+        self._remember(conversation)
         return True
 
     async def add_late_call(self, conversation: Conversation, late_call: dict[str, Any]) -> None:
-        row = (conversation.key, late_call["block"], self.clock.unix(late_call["at"]), late_call["after_deadline_s"])
+        row = {"key": conversation.key, "block": late_call["block"], "at": self.clock.unix(late_call["at"]),
+               "after": late_call["after_deadline_s"], "keep": MAX_LATE_CALLS}
 
-        def insert(connection: psycopg.Connection[Any]) -> None:
-            connection.execute("INSERT INTO late_calls (key, block, at, after_deadline_s) VALUES (%s, %s, %s, %s)",
-                               row)
+        def insert(connection: psycopg.Connection[Any]) -> int:
+            with connection.transaction():
+                found = connection.execute(
+                    "UPDATE conversations SET late_calls_total = late_calls_total + 1 WHERE key = %(key)s"
+                    " RETURNING late_calls_total", row).fetchone()
+                total = int(found[0]) if found else 0
+                if 0 < total <= MAX_LATE_CALLS:
+                    connection.execute("INSERT INTO late_calls (key, block, at, after_deadline_s)"
+                                       " VALUES (%(key)s, %(block)s, %(at)s, %(after)s)", row)
+            return total
 
-        await self._run(insert)
-        conversation.late_calls.append(late_call)
+        total = await self._run(insert)
+        if len(conversation.late_calls) < MAX_LATE_CALLS:
+            conversation.late_calls.append(late_call)
+        conversation.late_calls_total = max(total, conversation.late_calls_total + 1)
         seen = self._seen.get(conversation.key)
-        if seen is not None and seen[2] is conversation:
-            self._seen[conversation.key] = (seen[0], seen[1] + 1, conversation)
+        if seen is not None and seen.version == conversation.version:
+            if len(seen.late_calls) < MAX_LATE_CALLS:
+                seen.late_calls.append(late_call)
+            seen.late_calls_total = conversation.late_calls_total
+
+    async def hold_early_call(self, conversation: Conversation, early: EarlyCall) -> bool:
+        row = {"key": conversation.key, "version": conversation.version, "block": early.block,
+               "at": self.clock.unix(early.at), "expires_at": self.clock.unix(early.expires_at),
+               "payload": json.dumps(early.payload)}
+
+        def insert(connection: psycopg.Connection[Any]) -> int | None:
+            with connection.transaction():
+                if connection.execute("UPDATE conversations SET version = version + 1"
+                                      " WHERE key = %(key)s AND version = %(version)s", row).rowcount != 1:
+                    return None
+                found = connection.execute(
+                    "INSERT INTO early_calls (key, block, at, expires_at, outcome, payload)"
+                    " VALUES (%(key)s, %(block)s, %(at)s, %(expires_at)s, 'pending', %(payload)s) RETURNING id",
+                    row).fetchone()
+                assert found is not None
+                return int(found[0])
+
+        early_id = await self._run(insert)
+        if early_id is None:
+            self._seen.pop(conversation.key, None)
+            return False
+        early.id = early_id
+        conversation.early_calls.append(early)
+        conversation.version += 1
+        self._remember(conversation)
+        return True
+
+    async def expire_early_calls(self, now: float) -> None:
+        cutoff = self.clock.unix(now)
+        await self._run(lambda connection: connection.execute(
+            "UPDATE early_calls SET outcome = 'expired' WHERE outcome = 'pending' AND expires_at <= %s", (cutoff,)))
+
+    # -- waits ----------------------------------------------------------------------------------
+
+    async def open_waits(self) -> list[tuple[str, int, float]]:
+        def select(connection: psycopg.Connection[Any]) -> list[Any]:
+            return connection.execute("SELECT key, idx, deadline FROM waits WHERE outcome IS NULL"
+                                      " ORDER BY deadline").fetchall()
+
+        trio_time = self.clock.from_unix
+        return [(key, index, trio_time(deadline)) for key, index, deadline in await self._run(select, read_only=True)]
 
     async def overdue_waits(self, now: float, limit: int) -> list[tuple[str, int]]:
         """Claim up to ``limit`` open waits whose deadline is at or before ``now`` (trio time).
@@ -408,22 +489,28 @@ class PostgresStore:
 
         return await self._run(claim)
 
-    async def waiting_conversations(self) -> list[Conversation]:
-        def select(connection: psycopg.Connection[Any]) -> list[str]:
-            return [row[0] for row in connection.execute("SELECT DISTINCT key FROM waits WHERE outcome IS NULL")]
+    async def soonest_open_waits(self, limit: int) -> list[OpenWait]:
+        def select(connection: psycopg.Connection[Any]) -> list[Any]:
+            return connection.execute(
+                "SELECT w.key, w.idx, c.bot, w.block, w.opened_at, w.deadline, w.timeout_s"
+                " FROM waits w JOIN conversations c ON c.key = w.key"
+                " WHERE w.outcome IS NULL ORDER BY w.deadline LIMIT %s", (limit,)).fetchall()
 
-        found = [await self.get_conversation(key) for key in await self._run(select, read_only=True)]
-        return [conversation for conversation in found if conversation is not None]
+        trio_time = self.clock.from_unix
+        return [OpenWait(key=key, index=index, bot=bot, block=block, opened_at=trio_time(opened_at),
+                         deadline=trio_time(deadline), timeout_s=timeout_s)
+                for key, index, bot, block, opened_at, deadline, timeout_s in await self._run(select, read_only=True)]
 
     async def open_wait_count(self) -> int:
+        """Counted on the partial index of open waits (an index-only count: a few ms at 25,000)."""
         def count(connection: psycopg.Connection[Any]) -> int:
             row = connection.execute("SELECT count(*) FROM waits WHERE outcome IS NULL").fetchone()
             return int(row[0]) if row else 0
 
         return await self._run(count, read_only=True)
 
-    async def check(self) -> None:
-        """Raise :class:`StoreUnavailable` unless the database answers now (``/healthz``)."""
+    async def probe(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the database answers now."""
         await self._run(lambda connection: connection.execute("SELECT 1").fetchone(), read_only=True)
 
 
