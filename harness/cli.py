@@ -90,7 +90,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
     bots: Annotated[list[Path] | None, typer.Option("--bots", help="Bot files or folders to load.")] = None,
-    store: Annotated[str, typer.Option(help="memory, or sqlite:PATH")] = "memory",
+    store: Annotated[str, typer.Option(
+        envvar="HARNESS_STORE", show_envvar=True,
+        help="memory, sqlite:PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME")] = "memory",
     public_url: Annotated[str | None, typer.Option(help="Base URL in conversation and webhook URLs.")] = None,
     max_body: Annotated[int, typer.Option(help="Largest webhook body accepted, in bytes.")] = 1024 * 1024,
     api_token: Annotated[str | None, typer.Option(
@@ -102,12 +104,15 @@ def serve(
         help="Seconds finished conversations stay in memory (then within 30 s: gone from memory; on SQLite still "
              "readable from disk).")] = 3600.0,
     log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
+    workers: Annotated[int, typer.Option(
+        help="Gate processes serving this host and port (needs a shared store: sqlite:PATH or postgresql://…).")] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True, help="Listen with SO_REUSEPORT (set by --workers).")] = False,
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
     import trio
 
     from .core.gate import Gate
-    from .store import open_store
+    from .store import open_store, store_clock
     from .web.http_guard import raise_open_file_limit
     from .web.server import serve as serve_gate
 
@@ -129,12 +134,15 @@ def serve(
         raise typer.Exit(2)
     raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
+    if workers != 1:
+        raise typer.Exit(_serve_workers(workers, host, port, store))
     try:
         gate_store = open_store(store)
     except ValueError as error:
-        err.print(f"--store: {error}")
+        err.print(f"--store: {error}", highlight=False, markup=False)
         raise typer.Exit(2) from None
-    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention)
+    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention,
+                clock=store_clock(gate_store))
     for bot in loaded:
         existing = gate_store.get_bot(bot.id)
         if existing is None:
@@ -152,13 +160,65 @@ def serve(
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
-                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested))
+                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested,
+                reuse_port=reuse_port))
             names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
             err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
 
     keep_long_lived_state_out_of_gc()
     trio.run(main)
     err.print("stopped")
+
+
+def _serve_workers(workers: int, host: str, port: int, store: str) -> int:
+    """``serve --workers N``: check the store, reserve the address, supervise N ``serve`` processes
+    listening on it with SO_REUSEPORT (the same options otherwise); the exit status."""
+    import click
+    import trio
+
+    from .store import open_store
+    from .web.workers import reserve_address, supervise, worker_command
+
+    if workers < 1:
+        err.print("--workers: must be at least 1")
+        return 2
+    if store == "memory":
+        err.print("--workers: several processes need a shared store (--store sqlite:PATH or postgresql://…); "
+                  "the memory store lives inside one process", highlight=False, markup=False)
+        return 2
+    try:  # once here, so a wrong or too-new store is one message, not one per worker
+        checked = open_store(store)
+    except ValueError as error:
+        err.print(f"--store: {error}", highlight=False, markup=False)
+        return 2
+    trio.run(checked.close)
+    try:
+        reserved = reserve_address(host, port)
+    except OSError as error:
+        err.print(f"cannot listen on {host}:{port}: {error.strerror or error}", highlight=False, markup=False)
+        return 2
+    with reserved:
+        chosen = reserved.getsockname()[1]
+        context = click.get_current_context()
+        env = dict(os.environ)
+        arguments: list[str] = []
+        for parameter in context.command.params:
+            name, value = parameter.name or "", context.params.get(parameter.name or "")
+            if name in ("workers", "port", "reuse_port") or value is None or not isinstance(parameter, click.Option):
+                continue
+            if isinstance(parameter.envvar, str):
+                env[parameter.envvar] = str(value)  # secrets stay out of the process list
+            elif parameter.is_flag:
+                arguments += [parameter.opts[0]] if value else list(parameter.secondary_opts[:1])
+            elif parameter.multiple:
+                for item in value:
+                    arguments += [parameter.opts[0], str(item)]
+            else:
+                arguments += [parameter.opts[0], str(value)]
+        arguments += ["--port", str(chosen), "--reuse-port"]
+        err.print(f"{workers} workers on http://{host}:{chosen}; Ctrl+C to stop", highlight=False, markup=False)
+        return supervise(lambda: worker_command(arguments), workers, env=env,
+                         say=lambda text: err.print(text, highlight=False, markup=False))
 
 
 def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:

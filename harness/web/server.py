@@ -217,6 +217,7 @@ async def serve(
     api_token: str | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``gate`` over HTTP on hypercorn's trio worker.
@@ -224,13 +225,19 @@ async def serve(
     Reports the base URL it bound (``port=0`` picks a free port) through ``task_status``; when
     ``public_url`` is not given, conversation and webhook URLs use that bound URL. Runs until
     cancelled, or until ``shutdown_trigger`` returns: then hypercorn stops accepting, lets the
-    requests in flight finish, and ``serve`` returns.
+    requests in flight finish, and ``serve`` returns. With ``reuse_port`` it listens with
+    ``SO_REUSEPORT``, next to the other workers of ``harness serve --workers N``.
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
     config = Config()
     config.bind = [f"{host}:{port}"]
+    if reuse_port:
+        from .workers import reuse_port_socket
+
+        listening = reuse_port_socket(host, port)  # hypercorn listens on it; closed with the process
+        config.bind = [f"fd://{listening.fileno()}"]
     config.accesslog = None
     config.errorlog = log
     hypercorn_limits(config, body_timeout=body_timeout)
