@@ -294,7 +294,9 @@ def _scenario_files(paths: list[Path]) -> list[Path]:
 @app.command()
 def run(
     scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (or folders of them).")],
-    target: Annotated[str | None, typer.Option(help="URL of a live gate; omitted: in-process virtual time.")] = None,
+    target: Annotated[list[str] | None, typer.Option(
+        help="URL of a live gate; omitted: in-process virtual time. Repeat it for several gates on one store: "
+             "conversations start on each in turn, each call goes to another one.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
     concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,7 +56,7 @@ def _outside_any_event_loop(function: Callable[[], T]) -> T:
 def run_loaded_scenario(
     scenario: Scenario,
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     on_conversation_started: Callable[[], None] | None = None,
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
@@ -105,9 +105,11 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
     return leaves
 
 
-def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] | None,
+def _run(scenario: Scenario, target: str | Sequence[str] | None, on_started: Callable[[], None] | None,
          on_done: Callable[[], None] | None, concurrency: int, workers: int | None, executor: Executor | None,
          driver: str, api_token: str | None) -> pd.DataFrame:
+    if target is not None and not isinstance(target, str) and not target:
+        target = None
     if target is not None:
 
         async def real_time() -> list[ResultBlock]:
@@ -127,7 +129,7 @@ def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] 
 def run_scenario(
     path_or_dict: str | Path | dict[str, Any] | Scenario,
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     seed: int | None = None,
     workers: int | None = None,
     executor: Executor | None = None,
@@ -142,7 +144,8 @@ def run_scenario(
     one process per core (``workers`` overrides; the rows are the same either way).
     ``executor`` runs the pieces on any ``concurrent.futures.Executor`` instead, e.g. a Dask
     cluster's ``client.get_executor()``. With ``target="http://127.0.0.1:8000"``: in real time
-    against that live gate (``api_token``: its ``--api-token``). ``seed`` overrides the file's
+    against that live gate (``api_token``: its ``--api-token``); a list of URLs of gates sharing one
+    store spreads starts over them in turn and sends each call to another gate than its start's. ``seed`` overrides the file's
     seed. ``driver`` picks how a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in
     process) or ``"core"`` (the same webhook handling without HTTP framing; same rows, faster).
     ``progress=True`` shows a bar of conversations started and finished (a widget in Jupyter).

@@ -337,7 +337,8 @@ class _SubCaseRun:
         if math.isnan(party.first_call_s):
             party.first_call_s = now - party.opened_at
         try:
-            status, accepted = await self.engine.driver.call(self.bot_id, self.subcase.block, body, headers)
+            status, accepted = await self.engine.driver.call(self.bot_id, self.subcase.block, body, headers,
+                                                             owner=party.key)
         except TRANSPORT_ERRORS as error:
             self._fail(party, f"{type(error).__name__}: {error}")
             return
