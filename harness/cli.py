@@ -143,12 +143,14 @@ def serve(
         raise typer.Exit(2) from None
     gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention,
                 clock=store_clock(gate_store))
-    for bot in loaded:
-        existing = gate_store.get_bot(bot.id)
-        if existing is None:
-            gate.add_bot(bot)
-        elif existing.to_dict() != bot.to_dict():
-            err.print(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
+
+    async def add_bots() -> None:
+        for bot in loaded:
+            existing = await gate_store.get_bot(bot.id)
+            if existing is None:
+                await gate.add_bot(bot)
+            elif existing.to_dict() != bot.to_dict():
+                err.print(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
 
     async def stop_requested() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -157,12 +159,13 @@ def serve(
                 return
 
     async def main() -> None:
+        await add_bots()
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
                 api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested,
                 reuse_port=reuse_port))
-            names = ", ".join(bot.id for bot in gate_store.bots()) or "none"
+            names = ", ".join(bot.id for bot in await gate_store.bots()) or "none"
             err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
 
     keep_long_lived_state_out_of_gc()

@@ -49,13 +49,14 @@ _ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 # An HTTP header name (RFC 9110 token characters).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 DEFAULT_KEY_PATH = parse_path("conversation_key")
+MAX_EARLY_S = 300  # seconds an early call may be held (SPEC §14.1)
 
 # type -> (required fields, optional fields, required edges, optional edges)
 _SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "message": (("text",), (), (), ("next",)),
     "set_variable": (("name", "value"), (), (), ("next",)),
     "javascript": (("code",), (), (), ("next", "failure")),
-    "webhook": (("timeout_s",), ("mappings", "secret", "key_path", "signature", "signature_header"),
+    "webhook": (("timeout_s",), ("mappings", "secret", "key_path", "signature", "signature_header", "early_s"),
                 ("success", "failure"), ()),
     "condition": (("variable", "op"), ("value",), ("true", "false"), ()),
     "end": ((), (), (), ()),
@@ -117,6 +118,11 @@ class Block:
     @property
     def secret(self) -> str:
         return str(self.config.get("secret") or "")
+
+    @property
+    def early_s(self) -> float:
+        """How long a call that comes before the wait opens is held (SPEC §14.1); 0: not at all."""
+        return float(self.config.get("early_s", 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +297,9 @@ def _parse_webhook(block_id: str, raw: dict[str, Any],
     timeout = raw.get("timeout_s")
     if "timeout_s" in raw and (not is_integer(timeout) or timeout not in TIMEOUT_RANGE):
         problems.add(block_id, "timeout_s", f"must be an integer from 1 to 300, got {timeout!r}")
+    early = raw.get("early_s", 0)
+    if isinstance(early, bool) or not isinstance(early, (int, float)) or not 0 <= early <= MAX_EARLY_S:
+        problems.add(block_id, "early_s", f"must be a number from 0 to {MAX_EARLY_S}, got {early!r}")
     secret = raw.get("secret", "")
     if not isinstance(secret, str):
         problems.add(block_id, "secret", "must be a string")

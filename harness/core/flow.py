@@ -1,19 +1,15 @@
 """The flow engine: runs a conversation's blocks until it waits or ends.
 
-One *step* is one call of :func:`advance` (or :func:`advance_async`): from a start or a wait's
-resolution to the next wait or end. Every block type but ``webhook`` and ``javascript`` finishes
-at once; a webhook block merely *opens* a wait and returns it.
+One *step* is one call of :func:`advance`: from a start or a wait's resolution to the next wait
+or end. Every block type but ``webhook`` and ``javascript`` finishes at once; a webhook block
+merely *opens* a wait and returns it.
 
 The engine itself is a generator (:func:`_step`) that yields each script it wants run and
-receives the :class:`~harness.core.js.ScriptRun`; two drivers feed it:
-
-* :func:`advance` runs scripts inline. Nothing awaits, so the gate can check a call, resolve a
-  wait and run the flow on as one atomic step under trio's cooperative scheduling; and no
-  thread touches trio's ``MockClock``, which keeps virtual time exact.
-* :func:`advance_async` does the same under ``MockClock``, but in real time runs each script in
-  a worker thread (the binding releases the GIL while JavaScript runs), so a runaway script or a
-  chain of them never holds the event loop: ``/healthz`` and every other request keep being
-  answered. While the flow is inside a step the conversation is ``running``.
+receives the :class:`~harness.core.js.ScriptRun`; :func:`advance` feeds it through
+:func:`~harness.core.js.run_script_async`, which runs a script inline under ``MockClock`` (no
+thread touches virtual time, nothing yields: the gate's check, resolution and step stay atomic)
+and off the event loop in real time (``/healthz`` and every other request keep being answered
+while scripts run; the conversation is ``running`` meanwhile).
 
 Budget: all scripts of one step share :data:`STEP_BUDGET_S` of wall time (``perf_counter``,
 never trio's clock, which may be virtual); each script's limit is the smaller of its own 0.5 s
@@ -31,9 +27,9 @@ import trio
 
 from .bots import Block, Bot
 from .conversations import Conversation, Wait
-from .js import PLACEHOLDER, TIME_LIMIT_S, ScriptRun, as_text, run_script, run_script_async, scripts_run_inline
+from .js import PLACEHOLDER, TIME_LIMIT_S, ScriptRun, as_text, run_script_async, scripts_run_inline
 
-__all__ = ["MAX_BLOCKS_WITHOUT_WAITING", "STEP_BUDGET_S", "advance", "advance_async", "interpolate",
+__all__ = ["MAX_BLOCKS_WITHOUT_WAITING", "STEP_BUDGET_S", "advance", "interpolate",
            "evaluate_condition", "scripts_run_inline"]
 
 MAX_BLOCKS_WITHOUT_WAITING = 1000
@@ -106,41 +102,29 @@ class _Script:
     time_limit_s: float
 
 
-def advance(conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> Wait | None:
-    """Run ``conversation`` from ``block_id`` until it waits or ends; scripts run inline.
+async def advance(conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> Wait | None:
+    """Run ``conversation`` from ``block_id`` until it waits or ends.
 
     Returns the newly opened :class:`Wait` when the conversation stopped at a webhook block (the
     caller arms its deadline), or ``None`` when it completed or errored. ``block_id=None`` ends
     the conversation as completed: that is where an edge-less block leads.
+
+    Under ``MockClock`` (:func:`~harness.core.js.scripts_run_inline`) scripts run inline and
+    nothing here yields: the caller's check, resolution and this step are one atomic step. In
+    real time each script runs off the event loop, so a runaway script never holds it; the
+    conversation is ``running`` meanwhile, and a wait opens when its block is reached.
     """
-    engine = _step(conversation, bot, block_id, lambda: now)
-    try:
-        script = next(engine)
-        while True:
-            script = engine.send(run_script(script.code, script.variables, time_limit_s=script.time_limit_s))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-async def advance_async(conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> Wait | None:
-    """:func:`advance` for a server: in real time each script runs off the event loop
-    (:func:`~harness.core.js.run_script_async`).
-
-    Under ``MockClock`` (see :func:`~harness.core.js.scripts_run_inline`) it is exactly
-    :func:`advance`, with no await at all.
-    """
-    if scripts_run_inline():
-        return advance(conversation, bot, block_id, now)
-    # Scripts take real time here: a wait opens when its block is reached, not when the step began.
-    engine = _step(conversation, bot, block_id, trio.current_time)
+    inline = scripts_run_inline()
+    engine = _step(conversation, bot, block_id, (lambda: now) if inline else trio.current_time)
     # Shielded: a step cut short (a client hanging up) would leave the conversation `running`
     # for good; the step budget bounds how long the shield can hold.
     wait: Wait | None = None
-    with trio.CancelScope(shield=True):
+    with trio.CancelScope(shield=not inline):
         try:
             script = next(engine)
             while True:
-                run = await run_script_async(script.code, dict(script.variables), time_limit_s=script.time_limit_s)
+                variables = script.variables if inline else dict(script.variables)  # a thread reads it
+                run = await run_script_async(script.code, variables, time_limit_s=script.time_limit_s)
                 script = engine.send(run)
         except StopIteration as done:
             wait = done.value

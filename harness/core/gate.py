@@ -1,12 +1,21 @@
 """The gate: conversations, waits, deadlines and exactly-once resolution. No HTTP here.
 
-How a wait resolves exactly once, without locks
------------------------------------------------
-Trio switches tasks only at an ``await``. Every method of :class:`Gate` that changes state is
-synchronous, so a call's checks ("is this wait open? has its deadline passed?") and its
-resolution happen in one uninterrupted step; a second call, or the deadline timer, sees the
-resolved wait and is refused or does nothing. The HTTP adapter reads the whole body *before*
-calling :meth:`Gate.deliver`, so no await sits between the check and the change.
+How a wait resolves exactly once
+--------------------------------
+There is one path per operation, ``async`` throughout (:meth:`Gate.deliver`,
+:meth:`Gate.start_conversation`, the timer's resolution), and two ways it stays exactly-once:
+
+* **On the memory store**, whose methods never yield, and with scripts inline (``MockClock``),
+  nothing between a call's checks ("is this wait open? has its deadline passed?") and its
+  resolution lets another task run; a second call, or the deadline timer, sees the resolved wait
+  and is refused or does nothing. In real time the wait is resolved on the live object before the
+  flow's scripts are awaited, so the same holds.
+* **On a shared store** (SQLite, PostgreSQL) the gate works on its own copy and the store's
+  conditional commit is the arbiter. A lost commit is never an answer by itself: the gate re-reads
+  the stored conversation and decides from the real state — 410 or 409 if the wait is resolved,
+  another try if it is still open (its version moved because of, say, a held early call).
+
+The HTTP adapter reads the whole body *before* calling :meth:`Gate.deliver`.
 
 How deadlines fire
 ------------------
@@ -30,13 +39,24 @@ The same task does two periodic chores, on trio's clock too:
   are found with one indexed query and resolved as ``failure``/``timeout`` through the same
   compare-and-set commit, so two live processes never both resolve one.
 
+Early calls (SPEC §14.1)
+------------------------
+A call for a block with ``early_s > 0`` that comes before its conversation ever opened a wait
+there is *held* in the store (202). When the flow opens that wait less than ``early_s`` after the
+held call, the wait resolves in the same step as ``success``/``received_early`` with the held
+payload mapped. Reading shows a held call ``expired`` once its time passed or the conversation
+finished; the scheduler's periodic poll writes that down in shared stores (no task per call).
+
+A store that cannot answer raises :class:`~harness.core.store.StoreUnavailable` out of any of
+these methods, having changed nothing; the scheduler backs off and retries its timeouts.
+
 Usage::
 
     gate = Gate(store=MemoryStore(), public_url="http://127.0.0.1:8000")
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
-        gate.add_bot(load_bot("scenarios/bots/payment.toml"))
-        conversation = gate.start_conversation("payment")
+        await gate.add_bot(load_bot("scenarios/bots/payment.toml"))
+        conversation = await gate.start_conversation("payment")
 """
 
 from __future__ import annotations
@@ -47,17 +67,18 @@ import logging
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from .bots import Block, Bot, InvalidBot, parse_bot
-from .conversations import Conversation, Outcome, Reason, Wait, WallClock, new_conversation_key
+from .conversations import Conversation, EarlyCall, Outcome, Reason, Wait, WallClock, new_conversation_key
 from .errors import Refused
-from .flow import advance, advance_async, scripts_run_inline
+from .flow import advance, scripts_run_inline
 from .jsonsafe import UnsafeValue, check_json_value
-from .store import Store
+from .store import Store, StoreUnavailable
 
 __all__ = ["Gate", "Delivery", "GateStats"]
 
@@ -70,18 +91,27 @@ SWEEP_EVERY_S = 30.0
 ORPHAN_POLL_S = 1.0
 ORPHANS_PER_POLL = 1000
 RETRY_AFTER_S = 1.0  # a timeout whose resolution failed (e.g. the database was locked) is retried this soon
+CLAIMED_RETRY_S = 0.05  # a deadline met while a call's resolution of the same wait is in flight here
+HEALTH_CACHE_S = 1.0  # /healthz probes the store at most this often
+HEALTH_PROBE_S = 0.5  # a probe that takes longer reports the store as not answering
+MAX_ATTEMPTS = 20  # re-reads of a conversation whose stored version keeps moving under a call
 EXPIRY_SLICE_S = 0.05  # the scheduler yields to other tasks after expiring waits for this long
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, math.inf)
 
 
 @dataclass(slots=True)
 class Delivery:
-    """What an accepted webhook call did."""
+    """What an accepted webhook call did: resolved ``wait``, or was ``held`` as an early call."""
 
     conversation: Conversation
-    wait: Wait
+    wait: Wait | None
     mapped: dict[str, Any]
     missing: list[str]
+    held: EarlyCall | None = None
+
+
+class _Lost(Exception):
+    """The store's conditional commit lost: the conversation changed since it was read."""
 
 
 @dataclass
@@ -104,16 +134,22 @@ class GateStats:
 
 
 class Gate:
-    """Holds bots and conversations and decides every webhook call and every timeout."""
+    """Holds bots and conversations and decides every webhook call and every timeout.
+
+    ``new_key`` draws conversation keys (default: 192 bits from the OS); an in-process run passes
+    one fed by its seed, so its keys repeat with the seed (SPEC §15.5).
+    """
 
     def __init__(self, *, store: Store, public_url: str = "http://127.0.0.1:8000",
-                 clock: WallClock | None = None, retention: float = DEFAULT_RETENTION_S) -> None:
+                 clock: WallClock | None = None, retention: float = DEFAULT_RETENTION_S,
+                 new_key: Callable[[], str] | None = None) -> None:
         if not retention >= 0:
             raise ValueError("retention must be a number of seconds >= 0")
         self.store = store
         self.retention = retention
         self.public_url = public_url.rstrip("/")
         self.clock = clock if clock is not None else WallClock()
+        self.new_key = new_key if new_key is not None else new_conversation_key
         self.store.bind(self.clock)
         self.stats = GateStats()
         # (deadline, tie-breaker, conversation key, index of the wait in conversation.waits)
@@ -125,7 +161,12 @@ class Gate:
         # What the live page shows: the latest resolutions and late calls, newest last.
         self.recent_resolutions: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.recent_late_calls: deque[dict[str, Any]] = deque(maxlen=RECENT)
-        self._nursery: trio.Nursery | None = None  # flows continued after a timeout, in real time
+        self._nursery: trio.Nursery | None = None  # timeouts resolved in tasks of their own, in real time
+        # Waits whose resolution by a call is in flight in this process (key, index): the timer
+        # leaves them to that call (on a shared store its commit would otherwise lose to ours).
+        self._resolving: set[tuple[str, int]] = set()
+        self._store_down_until = -math.inf  # trio time: the scheduler leaves the store alone until then
+        self._health: tuple[float, str | None] = (-math.inf, None)  # (checked at, reason or None)
 
     # -- the deadline scheduler ---------------------------------------------------------------
 
@@ -143,136 +184,154 @@ class Gate:
         if self._wake is not None:
             raise RuntimeError("Gate.run() is already running")
         self._wake = trio.Event()
-        for conversation in self.store.waiting_conversations():
-            if conversation.open_wait is not None:
-                self._arm(conversation)
-        task_status.started()
-        next_sweep = trio.current_time() + SWEEP_EVERY_S
-        next_poll = trio.current_time() + ORPHAN_POLL_S if self.store.shared else math.inf
         try:
+            for key, index, deadline in await self.store.open_waits():
+                self._arm(key, index, deadline)
+            task_status.started()
+            next_sweep = trio.current_time() + SWEEP_EVERY_S
+            next_poll = trio.current_time() + ORPHAN_POLL_S if self.store.shared else math.inf
             async with trio.open_nursery() as self._nursery:
                 while True:
-                    while self._expire_due(trio.current_time()):
-                        await trio.sleep(0)  # a long batch (slow scripts): let requests in between
+                    now = trio.current_time()
+                    if now >= self._store_down_until:
+                        while await self._expire_due(trio.current_time()):
+                            await trio.sleep(0)  # a long batch: let requests in between
                     now = trio.current_time()
                     if now >= next_poll:
-                        self._resolve_orphans(now)
+                        await self._poll_shared(now)
                         next_poll = now + ORPHAN_POLL_S
                     if now >= next_sweep:
-                        self._sweep(now)
+                        await self._sweep(now)
                         next_sweep = now + SWEEP_EVERY_S
                     next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
+                    next_deadline = max(next_deadline, self._store_down_until)
                     with trio.move_on_at(min(next_deadline, next_poll, next_sweep)):
                         await self._wake.wait()
                     self._wake = trio.Event()
         finally:
             self._wake = self._nursery = None
 
-    def open_wait_count(self) -> int:
+    async def open_wait_count(self) -> int:
         """Waits open in the store right now."""
-        return self.store.open_wait_count()
+        return await self.store.open_wait_count()
 
-    def _arm(self, conversation: Conversation) -> None:
-        """Schedule the deadline of the conversation's open wait (its last one)."""
-        index = len(conversation.waits) - 1
-        entry = (conversation.waits[index].deadline, next(self._sequence), conversation.key, index)
-        self.stats.waits_opened += 1
+    def _arm(self, key: str, index: int, deadline: float, *, retry: bool = False) -> None:
+        """Schedule a wait's deadline: one heap entry, no task."""
+        entry = (deadline, next(self._sequence), key, index)
+        if not retry:
+            self.stats.waits_opened += 1
         heapq.heappush(self._deadlines, entry)
         if self._deadlines[0] is entry and self._wake is not None:
             self._wake.set()  # the scheduler sleeps until a later deadline: wake it up
 
-    def _expire_due(self, now: float) -> bool:
-        """Expire the waits whose deadline has come; True if it stopped early with more due."""
+    def _arm_open_wait(self, conversation: Conversation) -> None:
+        wait = conversation.open_wait
+        if wait is not None:
+            self._arm(conversation.key, len(conversation.waits) - 1, wait.deadline)
+
+    async def _expire_due(self, now: float) -> bool:
+        """Expire the waits whose deadline has come; True if it stopped early with more due.
+
+        Under ``MockClock`` each resolves inline (exact virtual time); in real time each in a task
+        of its own, so a slow script or store never holds up the other timeouts.
+        """
         heap = self._deadlines
         started = time.perf_counter()
-        while heap and heap[0][0] <= now:
+        inline = self._nursery is None or scripts_run_inline()
+        while heap and heap[0][0] <= now and now >= self._store_down_until:
             if time.perf_counter() - started > EXPIRY_SLICE_S:
                 return True
             deadline, _, key, index = heapq.heappop(heap)
-            try:
-                conversation = self.store.get_conversation(key)
-                if conversation is None or not conversation.waits[index].is_open:
-                    continue  # resolved by a call already (here or in another process)
-                self._time_out(conversation, index, now)
-            except Exception:
-                self._retry_later(key, index, now)
-                continue
-            self.stats.observe_lateness(now - deadline)
+            if inline:
+                await self._time_out(key, index, deadline, now)
+            else:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._time_out, key, index, deadline, now)
         return False
 
-    def _time_out(self, conversation: Conversation, index: int, now: float) -> None:
-        """Resolve an overdue wait as ``failure``/``timeout`` and run its flow on.
+    async def _time_out(self, key: str, index: int, deadline: float, now: float) -> None:
+        """Resolve wait ``index`` of ``key`` as ``failure``/``timeout`` if it is still open.
 
-        In real time the flow's scripts run off the event loop, so the resolution continues in a
-        task of its own; until it commits, the passed deadline already refuses calls (410).
+        Any failure rolls back (nothing changed) and the deadline is tried again shortly; a store
+        that cannot answer makes the whole scheduler back off for :data:`RETRY_AFTER_S`.
         """
-        if self._nursery is not None and not scripts_run_inline():
-            self._nursery.start_soon(self._time_out_async, conversation, index, now)
-        else:
-            self._resolve(conversation, index, "failure", "timeout", now)
-
-    async def _time_out_async(self, conversation: Conversation, index: int, now: float) -> None:
         try:
-            await self._resolve_async(conversation, index, "failure", "timeout", now)
+            for _ in range(MAX_ATTEMPTS):
+                if (key, index) in self._resolving:
+                    self._arm(key, index, now + CLAIMED_RETRY_S, retry=True)
+                    return
+                conversation = await self.store.get_conversation(key)
+                if conversation is None or index >= len(conversation.waits) or not conversation.waits[index].is_open:
+                    return  # resolved by a call already (here or in another process), or forgotten
+                if conversation.open_wait is not conversation.waits[index]:
+                    return
+                if await self._resolve(conversation, index, "failure", "timeout", now):
+                    self.stats.observe_lateness(max(0.0, now - deadline))
+                    return
+            raise StoreUnavailable("the conversation kept changing")
+        except StoreUnavailable as error:
+            log.warning("store unavailable while resolving a timed-out wait; retrying: %s", error.reason)
+            self._store_down_until = trio.current_time() + RETRY_AFTER_S
+            self._arm(key, index, now + RETRY_AFTER_S, retry=True)
         except Exception:
-            self._retry_later(conversation.key, index, now)
+            log.exception("could not resolve a timed-out wait; retrying", extra={"block_index": index})
+            self._arm(key, index, now + RETRY_AFTER_S, retry=True)
 
-    def _retry_later(self, key: str, index: int, now: float) -> None:
-        """A timeout's resolution failed and rolled back (nothing changed): try again shortly.
-
-        Keeps the scheduler alive for every other wait instead of losing this one's deadline.
-        """
-        log.exception("could not resolve a timed-out wait; retrying", extra={"block_index": index})
-        heapq.heappush(self._deadlines, (now + RETRY_AFTER_S, next(self._sequence), key, index))
-        if self._wake is not None:
-            self._wake.set()
-
-    def _resolve_orphans(self, now: float) -> None:
-        """Resolve overdue waits that no live process's timer covers (see the module docstring).
-
-        A failure (say, the file is locked for longer than SQLite's busy timeout) rolls back and
-        is retried at the next poll; it never stops the scheduler.
+    async def _poll_shared(self, now: float) -> None:
+        """Chores of a store shared between processes (see the module docstring): resolve overdue
+        waits no live process's timer covers, and write down held early calls that expired.
+        A failure is retried at the next poll; it never stops the scheduler.
         """
         try:
-            overdue = self.store.overdue_waits(now, ORPHANS_PER_POLL)
+            overdue = await self.store.overdue_waits(now, ORPHANS_PER_POLL)
+            await self.store.expire_early_calls(now)
+        except StoreUnavailable as error:
+            log.warning("store unavailable while polling for overdue waits: %s", error.reason)
+            self._store_down_until = trio.current_time() + RETRY_AFTER_S
+            return
         except Exception:
             log.exception("could not look for orphaned waits; retrying at the next poll")
             return
         for key, index in overdue:
-            try:
-                conversation = self.store.get_conversation(key)
-                if conversation is None or index >= len(conversation.waits):
-                    continue
-                wait = conversation.waits[index]
-                # Re-checked on trio's clock: the query compared unix seconds, which may round.
-                if not (wait.is_open and wait.deadline <= now and conversation.open_wait is wait):
-                    continue
-                self._time_out(conversation, index, now)
-            except Exception:
-                log.exception("could not resolve an orphaned wait; retrying at the next poll")
-                continue
-            self.stats.observe_lateness(now - wait.deadline)
+            if now < self._store_down_until:
+                return
+            await self._time_out(key, index, now, now)
 
     def _finished_at(self, conversation: Conversation, now: float) -> None:
-        if conversation.status in ("completed", "errored"):
+        if conversation.finished:
             self._finished.append((now, conversation.key))
 
-    def _sweep(self, now: float) -> None:
+    async def _sweep(self, now: float) -> None:
         """Let conversations finished at least ``retention`` seconds ago leave memory."""
         finished = self._finished
         while finished and finished[0][0] + self.retention <= now:
-            self.store.forget(finished.popleft()[1])
+            await self.store.forget(finished.popleft()[1])
+
+    async def health(self) -> str | None:
+        """None when the store answers; otherwise why not (for ``/healthz``). Probed at most once
+        per :data:`HEALTH_CACHE_S`, and never for longer than :data:`HEALTH_PROBE_S`."""
+        checked_at, reason = self._health
+        now = time.monotonic()
+        if now - checked_at < HEALTH_CACHE_S:
+            return reason
+        reason = "the store did not answer in time"
+        with trio.move_on_after(HEALTH_PROBE_S):
+            try:
+                await self.store.probe()
+                reason = None
+            except StoreUnavailable as error:
+                reason = error.reason
+        self._health = (time.monotonic(), reason)
+        return reason
 
     # -- bots ---------------------------------------------------------------------------------
 
-    def add_bot(self, bot: Bot) -> Bot:
+    async def add_bot(self, bot: Bot) -> Bot:
         """Register ``bot``; refuse an id that is taken (``bot_exists``)."""
-        if self.store.get_bot(bot.id) is not None:
-            raise Refused("bot_exists", f"a bot with id {bot.id!r} already exists")
-        self.store.add_bot(bot)
+        await self.store.add_bot(bot)
         return bot
 
-    def create_bot(self, document: Any) -> Bot:
+    async def create_bot(self, document: Any) -> Bot:
         """Validate and register a bot document (``POST /api/bots``).
 
         Refuses with ``invalid_bot`` listing every problem (in ``problems``), or ``bot_exists``.
@@ -282,11 +341,11 @@ class Gate:
         except InvalidBot as error:
             problems = [problem.as_dict() for problem in error.problems]
             raise Refused("invalid_bot", f"{len(problems)} problem(s) in the bot", problems=problems) from None
-        return self.add_bot(bot)
+        return await self.add_bot(bot)
 
-    def get_bot(self, bot_id: str) -> Bot:
+    async def get_bot(self, bot_id: str) -> Bot:
         """The bot, or ``unknown_bot``."""
-        bot = self.store.get_bot(bot_id)
+        bot = await self.store.get_bot(bot_id)
         if bot is None:
             raise Refused("unknown_bot", f"no bot with id {bot_id!r}")
         return bot
@@ -298,9 +357,9 @@ class Gate:
     def webhook_urls(self, bot: Bot) -> dict[str, str]:
         return {block: f"{self.public_url}/webhooks/{bot.id}/{block}" for block in bot.webhook_blocks()}
 
-    def webhook_block(self, bot_id: str, block_id: str) -> Block:
+    async def webhook_block(self, bot_id: str, block_id: str) -> Block:
         """The webhook block behind ``/webhooks/{bot_id}/{block_id}``, or ``unknown_webhook``."""
-        bot = self.store.get_bot(bot_id)
+        bot = await self.store.get_bot(bot_id)
         block = bot.blocks.get(block_id) if bot is not None else None
         if block is None or block.type != "webhook":
             raise Refused("unknown_webhook", f"no webhook block {block_id!r} in bot {bot_id!r}")
@@ -308,31 +367,14 @@ class Gate:
 
     # -- conversations ------------------------------------------------------------------------
 
-    def start_conversation(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
+    async def start_conversation(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
         """Start a conversation and run it to its first wait or end.
 
         ``variables`` (a JSON object of plain data) are set before the start; refused with
         ``invalid_payload`` when they are not an object, nest deeper than 64 levels or hold
-        strings that are not valid Unicode. Its scripts run inline, holding the caller up to the
-        step's 1 s budget; a server uses :meth:`start_conversation_async`.
+        strings that are not valid Unicode.
         """
-        bot, conversation = self._new_conversation(bot_id, variables)
-        advance(conversation, bot, bot.start, conversation.started_at)
-        return self._started(conversation)
-
-    async def start_conversation_async(self, bot_id: str, variables: dict[str, Any] | None = None) -> Conversation:
-        """:meth:`start_conversation` whose scripts, in real time, run off the event loop.
-
-        Under ``MockClock`` it *is* :meth:`start_conversation` (no thread may touch virtual time).
-        """
-        if scripts_run_inline():
-            return self.start_conversation(bot_id, variables)
-        bot, conversation = self._new_conversation(bot_id, variables)
-        await advance_async(conversation, bot, bot.start, conversation.started_at)
-        return self._started(conversation)
-
-    def _new_conversation(self, bot_id: str, variables: dict[str, Any] | None) -> tuple[Bot, Conversation]:
-        bot = self.get_bot(bot_id)
+        bot = await self.get_bot(bot_id)
         if self._wake is None:
             raise RuntimeError("the gate's scheduler is not running: `await nursery.start(gate.run)` first")
         if variables is not None and not isinstance(variables, dict):
@@ -342,75 +384,85 @@ class Gate:
         except UnsafeValue as error:
             raise Refused("invalid_payload", f"variables: {error}") from None
         now = trio.current_time()
-        key = new_conversation_key()
+        key = self.new_key()
         url = f"{self.public_url}/c/{key}"
         conversation = Conversation(key=key, bot=bot.id, url=url, started_at=now)
         conversation.variables.update(variables or {})
         conversation.variables.update({"conversation_key": key, "Conversation URL": url})
-        return bot, conversation
-
-    def _started(self, conversation: Conversation) -> Conversation:
-        self.store.add_conversation(conversation)
-        if conversation.open_wait is not None:
-            self._arm(conversation)
+        await self._run_flow(conversation, bot, bot.start, now)
+        await self.store.add_conversation(conversation)
+        self._arm_open_wait(conversation)
         self._finished_at(conversation, trio.current_time())
         return conversation
 
-    def get_conversation(self, key: str) -> Conversation:
-        conversation = self.store.get_conversation(key)
+    async def get_conversation(self, key: str) -> Conversation:
+        conversation = await self.store.get_conversation(key)
         if conversation is None:
             raise Refused("unknown_conversation", "no conversation has that key")
         return conversation
 
-    def forget(self, key: str) -> None:
+    async def forget(self, key: str) -> None:
         """Let a conversation go from memory: its owner is done with it (the in-process runner, once
         it has read the outcome and no call to it is left). On the memory store it is then gone
         (404, and a deadline still in the heap is skipped); a store on disk keeps it there.
         """
-        self.store.forget(key)
+        await self.store.forget(key)
 
-    def _resolve(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason, now: float,
-                 mapped: dict[str, Any] | None = None) -> bool:
+    async def _run_flow(self, conversation: Conversation, bot: Bot, block_id: str | None, now: float) -> list[Wait]:
+        """Run the flow from ``block_id``; a wait it opens where a held early call is pending
+        resolves at once with that call (``received_early``) and the flow goes on. Returns the
+        waits so resolved. A conversation that finishes lets its pending early calls expire."""
+        used: list[Wait] = []
+        while True:
+            wait = await advance(conversation, bot, block_id, now)
+            if wait is None:
+                for held in conversation.early_calls:
+                    if held.outcome == "pending":
+                        held.outcome = "expired"
+                return used
+            early = conversation.pending_early_call(wait.block, wait.opened_at) if conversation.early_calls else None
+            if early is None:
+                return used
+            block = bot.blocks[wait.block]
+            early.outcome = "used"
+            now = wait.opened_at
+            wait.resolve("success", "received_early", now)
+            conversation.variables.update(_mapped(block, early.payload)[0])
+            used.append(wait)
+            block_id = block.edges["success"]
+
+    async def _resolve(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason, now: float,
+                       mapped: dict[str, Any] | None = None) -> bool:
         """Resolve wait ``index``, run the flow on along its edge, and commit it all as one step.
 
-        Either the store has it all, or — if anything fails on the way, or the store refuses
-        because another process resolved that wait first (then this returns False) — the
-        conversation is exactly as it was: a 5xx means nothing changed.
+        Either the store has it all, or — if anything fails on the way, or the store's conditional
+        commit loses (then this returns False) — the conversation is exactly as it was: a 5xx
+        means nothing changed. The wait is resolved before the first await, so on the memory
+        store other tasks see it resolved from then on.
         """
+        claim = (conversation.key, index)
+        self._resolving.add(claim)
         wait = conversation.waits[index]
-        bot = self.get_bot(conversation.bot)
-        with conversation.rollback_on_error():
-            wait.resolve(outcome, reason, now)
-            conversation.variables.update(mapped or {})
-            advance(conversation, bot, bot.blocks[wait.block].edges[outcome], now)
-            if not self.store.commit(conversation, resolved_wait=index):
-                return False
-        self._resolved(conversation, wait, now)
-        return True
-
-    async def _resolve_async(self, conversation: Conversation, index: int, outcome: Outcome, reason: Reason,
-                             now: float, mapped: dict[str, Any] | None = None) -> bool:
-        """:meth:`_resolve` whose scripts, in real time, run off the event loop.
-
-        The wait is resolved before the first await, so from then on calls find it resolved; the
-        conversation is ``running`` until its step ends.
-        """
-        wait = conversation.waits[index]
-        bot = self.get_bot(conversation.bot)
-        with conversation.rollback_on_error():
-            wait.resolve(outcome, reason, now)
-            conversation.variables.update(mapped or {})
-            await advance_async(conversation, bot, bot.blocks[wait.block].edges[outcome], now)
-            if not self.store.commit(conversation, resolved_wait=index):
-                return False
-        self._resolved(conversation, wait, now)
-        return True
-
-    def _resolved(self, conversation: Conversation, wait: Wait, now: float) -> None:
-        """Count, show and log a committed resolution; arm the wait the flow opened next, if any."""
-        if conversation.open_wait is not None:
-            self._arm(conversation)
+        try:
+            with conversation.rollback_on_error():
+                wait.resolve(outcome, reason, now)
+                conversation.variables.update(mapped or {})
+                bot = await self.get_bot(conversation.bot)
+                early = await self._run_flow(conversation, bot, bot.blocks[wait.block].edges[outcome], now)
+                if not await self.store.commit(conversation, resolved_wait=index):
+                    raise _Lost
+        except _Lost:
+            return False
+        finally:
+            self._resolving.discard(claim)
+        self._arm_open_wait(conversation)
         self._finished_at(conversation, trio.current_time())
+        for resolved in (wait, *early):
+            self._resolved(conversation, resolved, resolved.resolved_at if resolved is not wait else now)
+        return True
+
+    def _resolved(self, conversation: Conversation, wait: Wait, now: float | None) -> None:
+        """Count, show and log a committed resolution."""
         self.stats.resolutions[(wait.outcome or "", wait.reason or "")] += 1
         self.recent_resolutions.append({
             "at": self.clock.iso(now), "bot": conversation.bot, "block": wait.block,
@@ -433,71 +485,55 @@ class Gate:
 
     # -- webhook calls ------------------------------------------------------------------------
 
-    def deliver(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
+    async def deliver(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
         """Decide a webhook call whose body has been read, parsed and (if needed) verified.
 
         The key is the payload's value at the block's ``key_path``. Refusals, in the contract's
         order: ``unknown_webhook``, ``missing_conversation_key``, ``unknown_conversation``,
-        ``wait_expired``, ``not_waiting``. A refusal changes nothing, except that a
-        ``wait_expired`` is recorded in the conversation's ``late_calls``. The flow's scripts run
-        inline; a server uses :meth:`deliver_async`.
+        ``wait_expired``, ``not_waiting`` (or ``already_held``). A refusal changes nothing, except
+        that a ``wait_expired`` is recorded in the conversation's ``late_calls``. A call that comes
+        before its conversation reached a block with ``early_s`` is held (``Delivery.held``).
+
+        The decision is always taken on the stored state: when a shared store's commit loses, the
+        conversation is read again and the call decided anew, with its arrival time.
         """
-        delivery, now = self._check_call(bot_id, block_id, payload)
-        index = len(delivery.conversation.waits) - 1
-        resolved = self._resolve(delivery.conversation, index, "success", "received", now, delivery.mapped)
-        return self._settled(delivery, resolved, now)
-
-    async def deliver_async(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> Delivery:
-        """:meth:`deliver` whose scripts, in real time, run off the event loop.
-
-        The checks and the resolution still happen with no await between them (atomically); only
-        the flow after the resolution awaits its scripts, the conversation ``running`` meanwhile.
-        Under ``MockClock`` it *is* :meth:`deliver`.
-        """
-        if scripts_run_inline():
-            return self.deliver(bot_id, block_id, payload)
-        delivery, now = self._check_call(bot_id, block_id, payload)
-        index = len(delivery.conversation.waits) - 1
-        resolved = await self._resolve_async(delivery.conversation, index, "success", "received", now, delivery.mapped)
-        return self._settled(delivery, resolved, now)
-
-    def _settled(self, delivery: Delivery, resolved: bool, now: float) -> Delivery:
-        if not resolved:
-            # Another process sharing the store resolved this wait between our read and our write.
-            block_id = delivery.wait.block
-            self._refuse_if_expired(self.get_conversation(delivery.conversation.key), block_id, now)
-            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (resolved elsewhere)")
-        return delivery
-
-    def _check_call(self, bot_id: str, block_id: str, payload: dict[str, Any]) -> tuple[Delivery, float]:
-        """Every refusal check of a call, in the contract's order; the mapping it would apply."""
-        block = self.webhook_block(bot_id, block_id)
+        block = await self.webhook_block(bot_id, block_id)
         found, key = block.key_path.extract(payload)
         if not found or not isinstance(key, str) or not key:
             raise Refused("missing_conversation_key",
                           f"the payload needs a non-empty string at {block.key_path.text!r}")
-        conversation = self.store.get_conversation(key)
-        if conversation is None or conversation.bot != bot_id:
-            raise Refused("unknown_conversation", f"no conversation of bot {bot_id!r} has that key")
-
         now = trio.current_time()
-        self._refuse_if_expired(conversation, block_id, now)
-        wait = conversation.open_wait
-        if wait is None or wait.block != block_id:
-            where = f"waiting at {wait.block!r}" if wait else conversation.status
-            raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (it is {where})")
+        for _ in range(MAX_ATTEMPTS):
+            conversation = await self.store.get_conversation(key)
+            if conversation is None or conversation.bot != bot_id:
+                raise Refused("unknown_conversation", f"no conversation of bot {bot_id!r} has that key")
+            await self._refuse_if_expired(conversation, block_id, now)
+            wait = conversation.open_wait
+            if wait is None or wait.block != block_id:
+                if block.early_s > 0 and not conversation.finished and conversation.latest_wait_at(block_id) is None:
+                    held = await self._hold(conversation, block, payload, now)
+                    if held is None:
+                        continue  # the conversation changed meanwhile: decide on its new state
+                    return Delivery(conversation=conversation, wait=None, mapped={}, missing=[], held=held)
+                where = f"waiting at {wait.block!r}" if wait else conversation.status
+                raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (it is {where})")
+            mapped, missing = _mapped(block, payload)
+            if await self._resolve(conversation, len(conversation.waits) - 1, "success", "received", now, mapped):
+                return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)
+            # Lost to another task or process: read the real state again and decide from it.
+        raise StoreUnavailable("the conversation kept changing; try again")
 
-        mapped: dict[str, Any] = {}
-        missing: list[str] = []
-        for variable, path in block.mappings:
-            found, value = path.extract(payload)
-            if found:
-                mapped[variable] = value
-            else:
-                missing.append(variable)
-        return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing), now
+    async def _hold(self, conversation: Conversation, block: Block, payload: dict[str, Any],
+                    now: float) -> EarlyCall | None:
+        """Hold an early call, or ``already_held``; None when the stored conversation moved on."""
+        if conversation.pending_early_call(block.id, now) is not None:
+            raise Refused("already_held", f"an early call for {block.id!r} is already held for this conversation")
+        early = EarlyCall(block=block.id, at=now, expires_at=now + block.early_s, payload=payload)
+        if not await self.store.hold_early_call(conversation, early):
+            return None
+        return early
 
-    def _refuse_if_expired(self, conversation: Conversation, block_id: str, now: float) -> None:
+    async def _refuse_if_expired(self, conversation: Conversation, block_id: str, now: float) -> None:
         """``wait_expired`` when the latest wait at the block reached its deadline without a valid call.
 
         The refused call is recorded as a late call: a customer who acted (paid) but was told
@@ -508,10 +544,23 @@ class Gate:
             return
         # Never negative: another process's timer may resolve a wait a moment before our clock gets there.
         late = {"block": block_id, "at": now, "after_deadline_s": max(0.0, now - latest.deadline)}
-        self.store.add_late_call(conversation, late)
+        await self.store.add_late_call(conversation, late)
         self.stats.late_calls += 1
         self.recent_late_calls.append({
             "at": self.clock.iso(now), "bot": conversation.bot, "block": block_id,
             "conversation": conversation.key[:8] + "…", "after_deadline_s": late["after_deadline_s"],
         })
         raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")
+
+
+def _mapped(block: Block, payload: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The variables a call's payload sets through the block's mappings, and those it leaves unset."""
+    mapped: dict[str, Any] = {}
+    missing: list[str] = []
+    for variable, path in block.mappings:
+        found, value = path.extract(payload)
+        if found:
+            mapped[variable] = value
+        else:
+            missing.append(variable)
+    return mapped, missing

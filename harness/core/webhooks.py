@@ -6,8 +6,8 @@ and the runner's ``core`` driver both call it, so they cannot disagree (the way 
 its protocol core free of sockets)::
 
     webhooks = WebhookHandler(gate, max_body=1024 * 1024)
-    block = webhooks.block("payment", "wait_payment")              # 404 unknown_webhook
-    answer = webhooks.decide(block, "payment", "wait_payment",
+    block = await webhooks.block("payment", "wait_payment")        # 404 unknown_webhook
+    answer = await webhooks.decide(block, "payment", "wait_payment",
                              media_type="application/json", headers={}, body=b'{"conversation_key": "…"}')
 
 Every refusal is a :class:`~harness.core.errors.Refused` whose code maps to a status through
@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 from typing import Any
 from urllib.parse import parse_qsl
-
-import trio
 
 from .bots import Block
 from .errors import Refused
@@ -109,26 +107,20 @@ class WebhookHandler:
         self.gate = gate
         self.max_body = max_body
 
-    def block(self, bot_id: str, block_id: str) -> Block:
+    async def block(self, bot_id: str, block_id: str) -> Block:
         """The webhook block of the URL, or 404 ``unknown_webhook`` — checked before the body is read."""
-        return self.gate.webhook_block(bot_id, block_id)
+        return await self.gate.webhook_block(bot_id, block_id)
 
-    def decide(self, block: Block, bot_id: str, block_id: str, *, media_type: str, headers: HeaderItems,
-               body: bytes) -> dict[str, Any]:
-        """Decide a call whose whole body has been read; return the 200 answer or raise ``Refused``.
+    async def decide(self, block: Block, bot_id: str, block_id: str, *, media_type: str, headers: HeaderItems,
+                     body: bytes) -> dict[str, Any]:
+        """Decide a call whose whole body has been read; return the answer (its ``status`` field
+        gives the HTTP status, :data:`~harness.core.errors.STATUS_BY_ANSWER`) or raise ``Refused``.
 
-        From the checks to the answer there is no ``await``: the state checks and the resolution
-        are one atomic step under trio.
+        The checks that need no state come first, then :meth:`Gate.deliver` decides on the
+        stored state; in real time the flow after the resolution runs its scripts off the event loop.
         """
         payload = self._payload(block, media_type=media_type, headers=headers, body=body)
-        return _answer(self.gate.deliver(bot_id, block_id, payload))
-
-    async def decide_async(self, block: Block, bot_id: str, block_id: str, *, media_type: str,
-                           headers: HeaderItems, body: bytes) -> dict[str, Any]:
-        """:meth:`decide` for a server: in real time the flow after the resolution runs its scripts
-        off the event loop (:meth:`Gate.deliver_async`); checks and resolution stay atomic."""
-        payload = self._payload(block, media_type=media_type, headers=headers, body=body)
-        return _answer(await self.gate.deliver_async(bot_id, block_id, payload))
+        return _answer(await self.gate.deliver(bot_id, block_id, payload), block)
 
     def _payload(self, block: Block, *, media_type: str, headers: HeaderItems, body: bytes) -> dict[str, Any]:
         """The parsed and verified payload of a call, or ``Refused``: the checks before the state's."""
@@ -144,7 +136,7 @@ class WebhookHandler:
         if not isinstance(payload, dict):
             raise Refused("invalid_payload", "the body must be a JSON object")
         if block.secret:
-            unix_time = self.gate.clock.unix(trio.current_time())
+            unix_time = self.gate.clock.signing_time()  # the wall clock now (SPEC §17.8)
             try:
                 verify_headers(block.signature_scheme, block.secret, headers, body, unix_time=unix_time,
                                header_name=block.signature_header)
@@ -152,15 +144,19 @@ class WebhookHandler:
                 raise Refused("invalid_signature", str(error)) from None
         return payload
 
-    def handle(self, bot_id: str, block_id: str, *, media_type: str, headers: HeaderItems,
-               body: bytes) -> dict[str, Any]:
+    async def handle(self, bot_id: str, block_id: str, *, media_type: str, headers: HeaderItems,
+                     body: bytes) -> dict[str, Any]:
         """:meth:`block` then :meth:`decide`: for a caller that holds the whole body already."""
-        return self.decide(self.block(bot_id, block_id), bot_id, block_id, media_type=media_type,
-                           headers=headers, body=body)
+        return await self.decide(await self.block(bot_id, block_id), bot_id, block_id, media_type=media_type,
+                                 headers=headers, body=body)
 
 
-def _answer(delivery: Delivery) -> dict[str, Any]:
-    """The 200 answer to an accepted call."""
+def _answer(delivery: Delivery, block: Block) -> dict[str, Any]:
+    """The answer to a call that was not refused: 202 held (SPEC §14.1) or 200 accepted."""
+    if delivery.held is not None:
+        return {"status": "held", "conversation_key": delivery.conversation.key,
+                "expires_in_s": block.early_s}
+    assert delivery.wait is not None
     return {
         "status": "accepted",
         "conversation_key": delivery.conversation.key,

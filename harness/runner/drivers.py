@@ -19,10 +19,12 @@ timestamps nobody looks at); a live run reads ``GET /api/conversations/{key}``.
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,14 +33,15 @@ import h11
 import httpx
 import trio
 
-from ..core.conversations import Conversation
-from ..core.errors import STATUS_BY_CODE, Refused
+from ..core.conversations import KEY_BYTES, Conversation
+from ..core.errors import STATUS_BY_ANSWER, STATUS_BY_CODE, Refused
 from ..core.gate import Gate
+from ..core.store import StoreUnavailable
 from ..core.webhooks import WebhookHandler, media_type_of
 from ..store import MemoryStore
 from ..web.server import create_app
 
-__all__ = ["DRIVERS", "TRANSPORT_ERRORS", "Driver", "Observed", "Http11Client", "in_process", "in_core", "live", "open_driver", "IN_PROCESS_URL"]
+__all__ = ["DRIVERS", "TRANSPORT_ERRORS", "Driver", "Observed", "Http11Client", "in_process", "in_core", "live", "open_driver", "seeded_keys", "IN_PROCESS_URL"]
 
 IN_PROCESS_URL = "http://harness.local"
 DRIVERS = ("asgi", "core")
@@ -124,37 +127,42 @@ class CoreClient:
                       headers: dict[str, str] | None = None, json: Any = None) -> CoreAnswer:
         await trio.lowlevel.checkpoint()  # a request is a scheduling point, as over HTTP
         try:
-            status, body = self._route(method, url.split("/")[1:], content, headers or {}, json)
+            status, body = await self._route(method, url.split("/")[1:], content, headers or {}, json)
         except Refused as refusal:
             return CoreAnswer(STATUS_BY_CODE[refusal.code], refusal.as_dict())
+        except StoreUnavailable as error:
+            return CoreAnswer(STATUS_BY_CODE["store_unavailable"], {"error": "store_unavailable", "detail": error.reason})
         return CoreAnswer(status, body)
 
-    def webhook_status(self, bot_id: str, block_id: str, body: bytes, headers: dict[str, str]) -> int:
+    async def webhook_status(self, bot_id: str, block_id: str, body: bytes, headers: dict[str, str]) -> int:
         """The status a webhook call gets; the hot path of the core driver (no answer body built)."""
         media_type = media_type_of(headers.get("Content-Type"))
         try:
-            self.webhooks.handle(bot_id, block_id, media_type=media_type, headers=headers, body=body)
+            answer = await self.webhooks.handle(bot_id, block_id, media_type=media_type, headers=headers, body=body)
         except Refused as refusal:
             return STATUS_BY_CODE[refusal.code]
-        return 200
+        except StoreUnavailable:
+            return STATUS_BY_CODE["store_unavailable"]
+        return STATUS_BY_ANSWER[answer["status"]]
 
-    def _route(self, method: str, parts: list[str], content: bytes | None, headers: dict[str, str],
-               document: Any) -> tuple[int, Any]:
+    async def _route(self, method: str, parts: list[str], content: bytes | None, headers: dict[str, str],
+                     document: Any) -> tuple[int, Any]:
         gate = self.gate
         if method == "POST" and len(parts) == 3 and parts[0] == "webhooks":
             media_type = media_type_of(next((v for k, v in headers.items() if k.lower() == "content-type"), None))
-            return 200, self.webhooks.handle(parts[1], parts[2], media_type=media_type, headers=headers,
-                                             body=content or b"")
+            answer = await self.webhooks.handle(parts[1], parts[2], media_type=media_type, headers=headers,
+                                                body=content or b"")
+            return STATUS_BY_ANSWER[answer["status"]], answer
         if parts[:2] == ["api", "conversations"] and len(parts) == 3 and method == "GET":
-            return 200, gate.get_conversation(parts[2]).as_dict(gate.clock)
+            return 200, (await gate.get_conversation(parts[2])).as_dict(gate.clock)
         if parts[:2] == ["api", "bots"]:
             if len(parts) == 2 and method == "POST":
-                return 201, gate.bot_document(gate.create_bot(document))
+                return 201, gate.bot_document(await gate.create_bot(document))
             if len(parts) == 3 and method == "GET":
-                return 200, gate.bot_document(gate.get_bot(parts[2]))
+                return 200, gate.bot_document(await gate.get_bot(parts[2]))
             if len(parts) == 4 and parts[3] == "conversations" and method == "POST":
                 variables = (document or {}).get("variables", {})
-                return 201, gate.start_conversation(parts[2], variables).as_dict(gate.clock)
+                return 201, (await gate.start_conversation(parts[2], variables)).as_dict(gate.clock)
         raise ValueError(f"the core driver has no route for {method} /{'/'.join(parts)}")
 
 
@@ -330,11 +338,12 @@ class Driver:
     others: list[httpx.AsyncClient | Http11Client] = field(default_factory=list)
     _started_on: dict[str, int] = field(default_factory=dict)
     _starts: int = 0
+    _forgotten: list[str] = field(default_factory=list)  # keys to let go of at the next call
 
     def unix_time(self) -> float:
         """Seconds since the epoch on the clock the gate checks signatures against."""
         if self.gate is not None:
-            return self.gate.clock.unix(trio.current_time())
+            return self.gate.clock.signing_time()
         return time.time()
 
     async def request(self, method: str, url: str, *, target: int = 0, **kwargs: object) -> Answer:
@@ -346,10 +355,11 @@ class Driver:
 
     async def start(self, bot_id: str) -> tuple[str | None, str | None]:
         """Start a conversation: ``(key, None)``, or ``(None, why)`` when the gate refused."""
+        await self._let_go()
         if isinstance(self.client, CoreClient):
             assert self.gate is not None
             try:
-                return self.gate.start_conversation(bot_id).key, None
+                return (await self.gate.start_conversation(bot_id)).key, None
             except Refused as refusal:
                 return None, f"starting the conversation: {STATUS_BY_CODE[refusal.code]} {refusal.detail}"
         target = self._starts % (1 + len(self.others))
@@ -369,8 +379,9 @@ class Driver:
         ``owner`` is the key of the conversation the party belongs to (whatever key the call
         carries); with several targets the call goes to another gate than the one that started it.
         """
+        await self._let_go()
         if isinstance(self.client, CoreClient):
-            return self.client.webhook_status(bot_id, block_id, body, headers), None
+            return await self.client.webhook_status(bot_id, block_id, body, headers), None
         target = 0
         if self.others:
             target = (self._started_on.get(owner or "", 0) + 1) % (1 + len(self.others))
@@ -382,7 +393,7 @@ class Driver:
     async def read(self, key: str) -> tuple[Observed | None, str | None]:
         """The conversation as the gate has it now: ``(observed, None)`` or ``(None, why)``."""
         if self.gate is not None:
-            conversation = self.gate.store.get_conversation(key)
+            conversation = await self.gate.store.get_conversation(key)
             if conversation is None:
                 return None, "reading the conversation: 404"
             return Observed.of(conversation), None
@@ -392,16 +403,28 @@ class Driver:
         return Observed.from_json(response.json()), None
 
     def forget(self, key: str) -> None:
-        """The runner is done with this conversation: an in-process gate lets it go."""
+        """The runner is done with this conversation: an in-process gate lets it go, at the
+        driver's next call (the engine releases conversations from synchronous bookkeeping)."""
         self._started_on.pop(key, None)
         if self.gate is not None:
-            self.gate.forget(key)
+            self._forgotten.append(key)
+
+    async def _let_go(self) -> None:
+        if self._forgotten:
+            assert self.gate is not None
+            keys, self._forgotten = self._forgotten, []
+            for key in keys:
+                await self.gate.forget(key)
 
 
 @asynccontextmanager
-async def in_process(*, max_body: int = 1024 * 1024) -> AsyncIterator[Driver]:
-    """A fresh in-memory gate behind its Quart app, in this trio run; use under a MockClock."""
-    gate = Gate(store=MemoryStore(), public_url=IN_PROCESS_URL)
+async def in_process(*, max_body: int = 1024 * 1024, new_key: Callable[[], str] | None = None) -> AsyncIterator[Driver]:
+    """A fresh in-memory gate behind its Quart app, in this trio run; use under a MockClock.
+
+    ``new_key`` draws the gate's conversation keys (e.g. :func:`seeded_keys`, so a run's keys
+    repeat with its seed, SPEC §15.5); default: the OS's randomness.
+    """
+    gate = Gate(store=MemoryStore(), public_url=IN_PROCESS_URL, new_key=new_key)
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         yield Driver(client=AsgiClient(create_app(gate, max_body=max_body)), virtual=True, gate=gate)
@@ -434,19 +457,31 @@ async def live(url: str | Sequence[str], *, concurrency: int = 64, api_token: st
 
 
 @asynccontextmanager
-async def in_core(*, max_body: int = 1024 * 1024) -> AsyncIterator[Driver]:
-    """A fresh in-memory gate driven without HTTP; use under a MockClock for virtual time."""
-    gate = Gate(store=MemoryStore(), public_url=IN_PROCESS_URL)
+async def in_core(*, max_body: int = 1024 * 1024, new_key: Callable[[], str] | None = None) -> AsyncIterator[Driver]:
+    """A fresh in-memory gate driven without HTTP; use under a MockClock for virtual time.
+    ``new_key`` as for :func:`in_process`."""
+    gate = Gate(store=MemoryStore(), public_url=IN_PROCESS_URL, new_key=new_key)
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         yield Driver(client=CoreClient(gate, max_body=max_body), virtual=True, gate=gate)
         nursery.cancel_scope.cancel()
 
 
-def open_driver(name: str) -> Any:
-    """The in-process driver called ``name`` (:data:`DRIVERS`), as an async context manager."""
+def seeded_keys(seed: int | Sequence[int]) -> Callable[[], str]:
+    """Conversation keys drawn from ``seed``: 192 bits each, base64url, the same for the same seed.
+
+    For in-process runs only (reproducible to the bit, SPEC §15.5); a served gate keeps the OS's
+    randomness.
+    """
+    generator = random.Random(repr(seed))
+    return lambda: base64.urlsafe_b64encode(generator.getrandbits(KEY_BYTES * 8).to_bytes(KEY_BYTES, "big")).decode()
+
+
+def open_driver(name: str, *, new_key: Callable[[], str] | None = None) -> Any:
+    """The in-process driver called ``name`` (:data:`DRIVERS`), as an async context manager;
+    ``new_key`` draws its gate's conversation keys (see :func:`seeded_keys`)."""
     if name == "asgi":
-        return in_process()
+        return in_process(new_key=new_key)
     if name == "core":
-        return in_core()
+        return in_core(new_key=new_key)
     raise ValueError(f"unknown driver {name!r}; use one of {', '.join(DRIVERS)}")

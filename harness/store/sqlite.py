@@ -2,43 +2,59 @@
 
 * WAL mode with ``synchronous=NORMAL``: a committed transaction survives the process being
   killed (``kill -9``); only an operating-system crash can lose the last few.
-* Each gate step is one short transaction, run inline: no worker thread, so trio's clock (real
-  or virtual) is never fooled, and a step costs tens of microseconds, less than parsing the
-  request that caused it.
-* Exactly-once across processes: resolving a wait is ``UPDATE … WHERE outcome IS NULL`` inside
-  the transaction that also writes the conversation's new state; if another process got there
-  first the update touches no row, the transaction is rolled back and :meth:`commit` says so.
+* **Never on the event loop** (SPEC §17.6): in real time each call runs in a worker thread, with a
+  connection of that thread's own, so another process holding the file locked holds up only the
+  calls that need it — never ``/healthz`` or the rest of the server. Under trio's ``MockClock``
+  calls run inline: a thread would let virtual time jump while it works.
+* **Short busy timeout** (:data:`BUSY_TIMEOUT_S`): a lock held longer, or any I/O error, raises
+  :class:`~harness.core.store.StoreUnavailable` with the transaction rolled back (nothing
+  changed); the web layer answers 503 ``store_unavailable``. :meth:`SqliteStore.probe` asks for
+  the write lock on a fresh connection with a shorter timeout still, for ``/healthz``.
+* Exactly-once across processes and tasks: resolving a wait is ``UPDATE … WHERE outcome IS NULL``
+  plus ``UPDATE conversations … WHERE version = <the version the copy was read at>`` in one
+  transaction; if either touches no row, the transaction rolls back and :meth:`commit` says so.
+  The gate then reads the stored state again: a cache never decides an answer.
+* Each read hands out a copy the caller owns. A process keeps the conversations it has seen and
+  reuses its snapshot while the stored version (and late-call total) is unchanged — one indexed
+  read — so within a process times stay exact floats of trio's clock. That cache is bounded (least
+  recently used out first, :data:`CACHE_SIZE`); an evicted conversation simply loads again.
 * Times are stored as unix seconds and mapped onto this process's trio clock when read, so after
   a restart every open wait keeps its original deadline.
-* Each conversation row carries a version. A process keeps the conversations it has seen and
-  reuses its copy while the stored version is unchanged (one indexed read), so within a process
-  times stay exact floats of trio's clock; a version bumped by another process means a fresh load.
-  That cache is bounded (least recently used out first, :data:`CACHE_SIZE`), and the gate drops
-  finished conversations from it after their retention: they stay on disk and load on demand.
-* Orphaned deadlines: a partial index on the deadline of open waits lets every live process find
-  overdue waits — including those opened by a process that has died or stopped — with one cheap
-  query a second (:meth:`SqliteStore.overdue_waits`); they resolve through the same :meth:`commit`.
+* The live page's figures cost the same at any number of open waits: the soonest deadlines come
+  from the partial index on open waits' deadlines, the count from a counter row kept in the same
+  transactions that open and resolve waits.
+* Orphaned deadlines: that index also lets every live process find overdue waits — including
+  those opened by a process that has died or stopped — with one cheap query a second
+  (:meth:`SqliteStore.overdue_waits`); they resolve through the same :meth:`commit`.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import trio
 
 from ..core.bots import Bot, parse_bot
-from ..core.conversations import Conversation, Wait, WallClock
+from ..core.conversations import MAX_LATE_CALLS, Conversation, EarlyCall, Wait, WallClock
 from ..core.errors import Refused
+from ..core.js import scripts_run_inline
+from ..core.store import OpenWait, StoreUnavailable
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "BUSY_TIMEOUT_S", "CACHE_SIZE"]
+
+T = TypeVar("T")
 
 
 class _Lost(Exception):
-    """Another process changed the conversation first; the transaction is rolled back."""
+    """Another task or process changed the conversation first; the transaction is rolled back."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bots (
@@ -66,39 +82,61 @@ CREATE TABLE IF NOT EXISTS waits (
 );
 CREATE INDEX IF NOT EXISTS open_waits ON waits(key) WHERE outcome IS NULL;
 CREATE INDEX IF NOT EXISTS open_wait_deadlines ON waits(deadline) WHERE outcome IS NULL;
-CREATE TABLE IF NOT EXISTS late_calls (  -- calls refused with wait_expired (SPEC §8.3)
+CREATE TABLE IF NOT EXISTS late_calls (  -- calls refused with wait_expired (SPEC §8.3); the first 100 per key
     key TEXT NOT NULL REFERENCES conversations(key),
     block TEXT NOT NULL,
     at REAL NOT NULL,                -- unix seconds
     after_deadline_s REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS late_calls_by_key ON late_calls(key);
+CREATE TABLE IF NOT EXISTS late_call_totals (  -- every late call counted, kept or not (SPEC §17.5)
+    key TEXT PRIMARY KEY,
+    total INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS early_calls (  -- calls held before their wait opened (SPEC §14.1)
+    key TEXT NOT NULL REFERENCES conversations(key),
+    block TEXT NOT NULL,
+    at REAL NOT NULL,                -- unix seconds
+    expires_at REAL NOT NULL,
+    outcome TEXT NOT NULL,           -- pending | used | expired
+    payload TEXT NOT NULL            -- JSON
+);
+CREATE INDEX IF NOT EXISTS early_calls_by_key ON early_calls(key);
+CREATE INDEX IF NOT EXISTS pending_early_calls ON early_calls(expires_at) WHERE outcome = 'pending';
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
-
-CACHE_SIZE = 10_000  # conversations kept as live objects per process (the rest load from disk on demand)
+CACHE_SIZE = 10_000  # conversations kept as snapshots per process (the rest load from disk on demand)
+BUSY_TIMEOUT_S = 1.0  # a lock held longer than this: StoreUnavailable, 503 (SPEC §13.3: within 5 s)
+PROBE_TIMEOUT_S = 0.1  # /healthz asks for the write lock this long at most
 
 
 class SqliteStore:
     shared = True  # other processes may open the same file
 
-    def __init__(self, path: str | Path, *, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, path: str | Path, *, cache_size: int = CACHE_SIZE, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.cache_size = cache_size
+        self.busy_timeout_s = busy_timeout_s
         if self.path.parent and not self.path.parent.exists():
             raise ValueError(f"{self.path}: the folder {self.path.parent} does not exist")
+        self._connections: list[sqlite3.Connection] = []
+        self._local = threading.local()  # one connection per thread
+        self._lock = threading.Lock()  # guards the connection list and the two caches (threads share them)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            db = self._connection()
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO counters (name, value)"
+                       " SELECT 'open_waits', COUNT(*) FROM waits WHERE outcome IS NULL")
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: not a usable SQLite database: {error}") from None
         self._clock: WallClock | None = None
         self._bots: dict[str, Bot] = {}  # bots never change once stored, so caching is safe
-        # key -> (stored version, our copy); least recently used first
-        self._seen: OrderedDict[str, tuple[int, Conversation]] = OrderedDict()
+        self._seen: OrderedDict[str, Conversation] = OrderedDict()  # snapshots; least recently used first
 
     def bind(self, clock: WallClock) -> None:
         self._clock = clock
@@ -109,38 +147,92 @@ class SqliteStore:
             raise RuntimeError("SqliteStore is not bound to a gate's clock")
         return self._clock
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front, so two processes never both read-then-write.
-        self._db.execute("BEGIN IMMEDIATE")
+    # -- running SQL: inline under MockClock, in a worker thread in real time --------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                 timeout=self.busy_timeout_s)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        self.clock.unix(0.0)  # fix the clock's mapping here: a worker thread cannot read trio's clock
+        if scripts_run_inline():
+            return self._call(work, *args)
+        return await trio.to_thread.run_sync(self._call, work, *args)
+
+    def _call(self, work: Callable[..., T], *args: Any) -> T:
         try:
-            yield self._db
+            return work(self._connection(), *args)
+        except sqlite3.OperationalError as error:  # locked past the busy timeout, I/O error, …
+            raise StoreUnavailable(f"sqlite: {error}") from None
+
+    @contextmanager
+    def _transaction(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so two writers never both read-then-write.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        db.execute("COMMIT")
+
+    async def probe(self) -> None:
+        if scripts_run_inline():
+            return self._probe()
+        await trio.to_thread.run_sync(self._probe, abandon_on_cancel=True)
+
+    def _probe(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=PROBE_TIMEOUT_S)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"sqlite: {error}") from None
+
+    async def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for db in connections:
+            db.close()
 
     # -- bots ---------------------------------------------------------------------------------
 
-    def add_bot(self, bot: Bot) -> None:
+    async def add_bot(self, bot: Bot) -> None:
+        await self._run(self._add_bot, bot)
+        with self._lock:
+            self._bots[bot.id] = bot
+
+    def _add_bot(self, db: sqlite3.Connection, bot: Bot) -> None:
         try:
-            with self._transaction() as db:
+            with self._transaction(db):
                 db.execute("INSERT INTO bots (id, document) VALUES (?, ?)", (bot.id, json.dumps(bot.to_dict())))
         except sqlite3.IntegrityError:
             raise Refused("bot_exists", f"a bot with id {bot.id!r} already exists") from None
-        self._bots[bot.id] = bot
 
-    def get_bot(self, bot_id: str) -> Bot | None:
+    async def get_bot(self, bot_id: str) -> Bot | None:
         bot = self._bots.get(bot_id)
         if bot is None:
-            row = self._db.execute("SELECT document FROM bots WHERE id = ?", (bot_id,)).fetchone()
+            row = await self._run(lambda db: db.execute("SELECT document FROM bots WHERE id = ?", (bot_id,)).fetchone())
             if row is not None:
-                bot = self._bots[bot_id] = parse_bot(json.loads(row[0]))
+                bot = parse_bot(json.loads(row[0]))
+                with self._lock:
+                    self._bots[bot_id] = bot
         return bot
 
-    def bots(self) -> Iterable[Bot]:
-        ids = [row[0] for row in self._db.execute("SELECT id FROM bots ORDER BY rowid")]
-        return [bot for bot in map(self.get_bot, ids) if bot is not None]
+    async def bots(self) -> list[Bot]:
+        ids = await self._run(lambda db: [row[0] for row in db.execute("SELECT id FROM bots ORDER BY rowid")])
+        return [bot for bot in [await self.get_bot(bot_id) for bot_id in ids] if bot is not None]
 
     # -- conversations --------------------------------------------------------------------------
 
@@ -155,93 +247,120 @@ class SqliteStore:
             "error": conversation.error,
         })
 
-    def _insert_waits(self, db: sqlite3.Connection, conversation: Conversation, first: int) -> None:
+    def _insert_waits(self, db: sqlite3.Connection, conversation: Conversation, first: int) -> int:
+        """Insert waits ``first``…; return how many of them are open."""
         unix = self.clock.unix
+        rows = [
+            (conversation.key, index, w.block, unix(w.opened_at), unix(w.deadline), w.timeout_s, w.outcome,
+             w.reason, None if w.resolved_at is None else unix(w.resolved_at), w.waited_s)
+            for index, w in enumerate(conversation.waits)
+            if index >= first
+        ]
         db.executemany(
             "INSERT INTO waits (key, idx, block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (conversation.key, index, w.block, unix(w.opened_at), unix(w.deadline), w.timeout_s, w.outcome,
-                 w.reason, None if w.resolved_at is None else unix(w.resolved_at), w.waited_s)
-                for index, w in enumerate(conversation.waits)
-                if index >= first
-            ],
-        )
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return sum(1 for row in rows if row[6] is None)
 
-    def add_conversation(self, conversation: Conversation) -> None:
-        with self._transaction() as db:
+    @staticmethod
+    def _count_open(db: sqlite3.Connection, change: int) -> None:
+        if change:
+            db.execute("UPDATE counters SET value = value + ? WHERE name = 'open_waits'", (change,))
+
+    async def add_conversation(self, conversation: Conversation) -> None:
+        await self._run(self._add_conversation, conversation)
+        conversation.version = 1
+        self._remember(conversation)
+
+    def _add_conversation(self, db: sqlite3.Connection, conversation: Conversation) -> None:
+        with self._transaction(db):
             db.execute("INSERT INTO conversations (key, bot, version, state) VALUES (?, ?, 1, ?)",
                        (conversation.key, conversation.bot, self._state(conversation)))
-            self._insert_waits(db, conversation, 0)
-        self._remember(conversation.key, 1, conversation)
+            self._count_open(db, self._insert_waits(db, conversation, 0))
 
-    def get_conversation(self, key: str) -> Conversation | None:
-        row = self._db.execute(
-            "SELECT version, (SELECT COUNT(*) FROM late_calls WHERE late_calls.key = conversations.key)"
-            " FROM conversations WHERE key = ?", (key,)).fetchone()
+    async def get_conversation(self, key: str) -> Conversation | None:
+        return await self._run(self._get_conversation, key)
+
+    def _get_conversation(self, db: sqlite3.Connection, key: str) -> Conversation | None:
+        row = db.execute(
+            "SELECT version, COALESCE((SELECT total FROM late_call_totals WHERE late_call_totals.key = ?), 0)"
+            " FROM conversations WHERE key = ?", (key, key)).fetchone()
         if row is None:
             return None
-        seen = self._seen.get(key)
-        if seen is not None and seen[0] == row[0] and len(seen[1].late_calls) == row[1]:
-            self._seen.move_to_end(key)
-            return seen[1]
-        conversation = self._load(key)
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and seen.version == row[0] and seen.late_calls_total == row[1]:
+                self._seen.move_to_end(key)
+                return seen.clone()
+        conversation = self._load(db, key)
         if conversation is not None:
-            self._remember(key, row[0], conversation)
+            self._remember(conversation)
         return conversation
 
-    def _remember(self, key: str, version: int, conversation: Conversation) -> None:
-        self._seen[key] = (version, conversation)
-        self._seen.move_to_end(key)
-        while len(self._seen) > self.cache_size:
-            self._seen.popitem(last=False)
+    def _remember(self, conversation: Conversation) -> None:
+        snapshot = conversation.clone()
+        with self._lock:
+            self._seen[conversation.key] = snapshot
+            self._seen.move_to_end(conversation.key)
+            while len(self._seen) > self.cache_size:
+                self._seen.popitem(last=False)
 
-    def forget(self, key: str) -> None:
-        self._seen.pop(key, None)  # still on disk; the next read loads it again
+    async def forget(self, key: str) -> None:
+        with self._lock:
+            self._seen.pop(key, None)  # still on disk; the next read loads it again
 
-    def overdue_waits(self, now: float, limit: int) -> list[tuple[str, int]]:
-        rows = self._db.execute(
-            "SELECT key, idx FROM waits INDEXED BY open_wait_deadlines"
-            " WHERE outcome IS NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
-            (self.clock.unix(now), limit))
-        return [(key, index) for key, index in rows]
+    def _load(self, db: sqlite3.Connection, key: str) -> Conversation | None:
+        db.execute("BEGIN")  # one snapshot of the conversation and its rows
+        try:
+            row = db.execute("SELECT bot, state, version FROM conversations WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            state: dict[str, Any] = json.loads(row[1])
+            trio_time = self.clock.from_unix
+            conversation = Conversation(
+                key=key, bot=row[0], url=state["url"], started_at=trio_time(state["started_at"]),
+                status=state["status"], block=state["block"], variables=state["variables"],
+                transcript=state["transcript"], error=state["error"], version=row[2],
+            )
+            for block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s in db.execute(
+                "SELECT block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s"
+                " FROM waits WHERE key = ? ORDER BY idx", (key,),
+            ):
+                conversation.waits.append(Wait(
+                    block=block, opened_at=trio_time(opened_at), deadline=trio_time(deadline), timeout_s=timeout_s,
+                    outcome=outcome, reason=reason,
+                    resolved_at=None if resolved_at is None else trio_time(resolved_at), waited_s=waited_s,
+                ))
+            conversation.late_calls = [
+                {"block": block, "at": trio_time(at), "after_deadline_s": after}
+                for block, at, after in db.execute(
+                    "SELECT block, at, after_deadline_s FROM late_calls WHERE key = ? ORDER BY rowid LIMIT ?",
+                    (key, MAX_LATE_CALLS))
+            ]
+            total = db.execute("SELECT total FROM late_call_totals WHERE key = ?", (key,)).fetchone()
+            conversation.late_calls_total = total[0] if total else len(conversation.late_calls)
+            conversation.early_calls = [
+                EarlyCall(block=block, at=trio_time(at), expires_at=trio_time(expires_at), outcome=outcome,
+                          payload=json.loads(payload), id=rowid)
+                for rowid, block, at, expires_at, outcome, payload in db.execute(
+                    "SELECT rowid, block, at, expires_at, outcome, payload FROM early_calls WHERE key = ? ORDER BY rowid",
+                    (key,))
+            ]
+            return conversation
+        finally:
+            db.execute("COMMIT")
 
-    def _load(self, key: str) -> Conversation | None:
-        row = self._db.execute("SELECT bot, state FROM conversations WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        state: dict[str, Any] = json.loads(row[1])
-        trio_time = self.clock.from_unix
-        conversation = Conversation(
-            key=key, bot=row[0], url=state["url"], started_at=trio_time(state["started_at"]),
-            status=state["status"], block=state["block"], variables=state["variables"],
-            transcript=state["transcript"], error=state["error"],
-        )
-        for block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s in self._db.execute(
-            "SELECT block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s"
-            " FROM waits WHERE key = ? ORDER BY idx", (key,),
-        ):
-            conversation.waits.append(Wait(
-                block=block, opened_at=trio_time(opened_at), deadline=trio_time(deadline), timeout_s=timeout_s,
-                outcome=outcome, reason=reason, resolved_at=None if resolved_at is None else trio_time(resolved_at),
-                waited_s=waited_s,
-            ))
-        conversation.late_calls = [
-            {"block": block, "at": trio_time(at), "after_deadline_s": after}
-            for block, at, after in self._db.execute(
-                "SELECT block, at, after_deadline_s FROM late_calls WHERE key = ? ORDER BY rowid", (key,))
-        ]
-        return conversation
+    async def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
+        if not await self._run(self._commit, conversation, resolved_wait):
+            return False
+        conversation.version += 1
+        self._remember(conversation)
+        return True
 
-    def commit(self, conversation: Conversation, *, resolved_wait: int) -> bool:
+    def _commit(self, db: sqlite3.Connection, conversation: Conversation, resolved_wait: int) -> bool:
         wait = conversation.waits[resolved_wait]
         assert wait.resolved_at is not None
-        seen = self._seen.get(conversation.key)  # the gate commits only what it got from us
-        if seen is None or seen[1] is not conversation:
-            return False  # not our current copy: cannot vouch for the version it was read at
-        version = seen[0]
         try:
-            with self._transaction() as db:
+            with self._transaction(db):
                 claimed = db.execute(
                     "UPDATE waits SET outcome = ?, reason = ?, resolved_at = ?, waited_s = ?"
                     " WHERE key = ? AND idx = ? AND outcome IS NULL",
@@ -250,30 +369,88 @@ class SqliteStore:
                 ).rowcount
                 updated = db.execute(
                     "UPDATE conversations SET state = ?, version = version + 1 WHERE key = ? AND version = ?",
-                    (self._state(conversation), conversation.key, version),
+                    (self._state(conversation), conversation.key, conversation.version),
                 ).rowcount
                 if claimed != 1 or updated != 1:
                     raise _Lost
-                self._insert_waits(db, conversation, resolved_wait + 1)
+                self._count_open(db, self._insert_waits(db, conversation, resolved_wait + 1) - 1)
+                db.executemany("UPDATE early_calls SET outcome = ? WHERE rowid = ?",
+                               [(early.outcome, early.id) for early in conversation.early_calls
+                                if early.outcome != "pending"])
         except _Lost:
-            self._seen.pop(conversation.key, None)  # our copy was changed in memory: forget it
             return False
-        self._remember(conversation.key, version + 1, conversation)
         return True
 
-    def add_late_call(self, conversation: Conversation, late_call: dict[str, Any]) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT INTO late_calls (key, block, at, after_deadline_s) VALUES (?, ?, ?, ?)",
-                       (conversation.key, late_call["block"], self.clock.unix(late_call["at"]),
-                        late_call["after_deadline_s"]))
-        conversation.late_calls.append(late_call)
+    async def add_late_call(self, conversation: Conversation, late_call: dict[str, Any]) -> None:
+        total = await self._run(self._add_late_call, conversation.key, late_call)
+        if len(conversation.late_calls) < MAX_LATE_CALLS:
+            conversation.late_calls.append(late_call)
+        conversation.late_calls_total = total
 
-    def waiting_conversations(self) -> Iterable[Conversation]:
-        keys = [row[0] for row in self._db.execute("SELECT DISTINCT key FROM waits WHERE outcome IS NULL")]
-        return [c for c in map(self.get_conversation, keys) if c is not None]
+    def _add_late_call(self, db: sqlite3.Connection, key: str, late_call: dict[str, Any]) -> int:
+        with self._transaction(db):
+            total: int = db.execute(
+                "INSERT INTO late_call_totals (key, total) VALUES (?, 1)"
+                " ON CONFLICT (key) DO UPDATE SET total = total + 1 RETURNING total", (key,)).fetchone()[0]
+            if total <= MAX_LATE_CALLS:
+                db.execute("INSERT INTO late_calls (key, block, at, after_deadline_s) VALUES (?, ?, ?, ?)",
+                           (key, late_call["block"], self.clock.unix(late_call["at"]), late_call["after_deadline_s"]))
+        return total
 
-    def open_wait_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM waits WHERE outcome IS NULL").fetchone()[0])
+    async def hold_early_call(self, conversation: Conversation, early: EarlyCall) -> bool:
+        rowid = await self._run(self._hold_early_call, conversation, early)
+        if rowid is None:
+            return False
+        early.id = rowid
+        conversation.early_calls.append(early)
+        conversation.version += 1
+        self._remember(conversation)
+        return True
 
-    def close(self) -> None:
-        self._db.close()
+    def _hold_early_call(self, db: sqlite3.Connection, conversation: Conversation, early: EarlyCall) -> int | None:
+        with self._transaction(db):
+            moved = db.execute("UPDATE conversations SET version = version + 1 WHERE key = ? AND version = ?",
+                               (conversation.key, conversation.version)).rowcount
+            if moved != 1:
+                return None
+            cursor = db.execute(
+                "INSERT INTO early_calls (key, block, at, expires_at, outcome, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                (conversation.key, early.block, self.clock.unix(early.at), self.clock.unix(early.expires_at),
+                 early.outcome, json.dumps(early.payload)))
+            return cursor.lastrowid
+
+    async def expire_early_calls(self, now: float) -> None:
+        def expire(db: sqlite3.Connection, unix_now: float) -> None:
+            with self._transaction(db):
+                db.execute("UPDATE early_calls INDEXED BY pending_early_calls SET outcome = 'expired'"
+                           " WHERE outcome = 'pending' AND expires_at <= ?", (unix_now,))
+        await self._run(expire, self.clock.unix(now))
+
+    # -- waits --------------------------------------------------------------------------------
+
+    async def open_waits(self) -> list[tuple[str, int, float]]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT key, idx, deadline FROM waits INDEXED BY open_wait_deadlines WHERE outcome IS NULL").fetchall())
+        return [(key, index, self.clock.from_unix(deadline)) for key, index, deadline in rows]
+
+    async def overdue_waits(self, now: float, limit: int) -> list[tuple[str, int]]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT key, idx FROM waits INDEXED BY open_wait_deadlines"
+            " WHERE outcome IS NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
+            (self.clock.unix(now), limit)).fetchall())
+        return [(key, index) for key, index in rows]
+
+    async def soonest_open_waits(self, limit: int) -> list[OpenWait]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT w.key, w.idx, c.bot, w.block, w.opened_at, w.deadline, w.timeout_s"
+            " FROM waits AS w INDEXED BY open_wait_deadlines JOIN conversations AS c ON c.key = w.key"
+            " WHERE w.outcome IS NULL ORDER BY w.deadline LIMIT ?", (limit,)).fetchall())
+        trio_time = self.clock.from_unix
+        return [OpenWait(key=key, index=index, bot=bot, block=block, opened_at=trio_time(opened_at),
+                         deadline=trio_time(deadline), timeout_s=timeout_s)
+                for key, index, bot, block, opened_at, deadline, timeout_s in rows]
+
+    async def open_wait_count(self) -> int:
+        row = await self._run(lambda db: db.execute("SELECT value FROM counters WHERE name = 'open_waits'").fetchone())
+        return int(row[0]) if row else 0
+

@@ -12,7 +12,6 @@ Countdowns run in the browser between polls: the snapshot carries the server's c
 
 from __future__ import annotations
 
-import heapq
 from importlib.resources import files
 from typing import Any
 
@@ -32,33 +31,33 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-def snapshot(gate: Gate) -> dict[str, Any]:
-    """What the page shows, as JSON: bots, open waits (soonest first), recent events, counters."""
+async def snapshot(gate: Gate) -> dict[str, Any]:
+    """What the page shows, as JSON: bots, open waits (soonest first), recent events, counters.
+
+    Its cost does not grow with the number of open waits: the store answers the soonest
+    :data:`MAX_OPEN_WAITS` from its deadline index and the count from a maintained counter.
+    """
     clock = gate.clock
     now = trio.current_time()
-    waiting = list(gate.store.waiting_conversations())
-    soonest = heapq.nsmallest(MAX_OPEN_WAITS, (c for c in waiting if c.open_wait is not None),
-                              key=lambda c: c.open_wait.deadline if c.open_wait else 0.0)
-    open_waits = []
-    for conversation in soonest:
-        wait = conversation.open_wait
-        assert wait is not None
-        open_waits.append({
-            "bot": conversation.bot, "block": wait.block, "conversation": conversation.key[:KEY_PREFIX] + "…",
-            "opened_at": clock.iso(wait.opened_at), "timeout_s": wait.timeout_s,
-            "deadline": clock.iso(wait.deadline), "deadline_unix": clock.unix(wait.deadline),
-        })
+    open_count = await gate.store.open_wait_count()
+    soonest = await gate.store.soonest_open_waits(MAX_OPEN_WAITS)
+    bots = await gate.store.bots()
+    open_waits = [{
+        "bot": wait.bot, "block": wait.block, "conversation": wait.key[:KEY_PREFIX] + "…",
+        "opened_at": clock.iso(wait.opened_at), "timeout_s": wait.timeout_s,
+        "deadline": clock.iso(wait.deadline), "deadline_unix": clock.unix(wait.deadline),
+    } for wait in soonest]
     stats = gate.stats
     resolved = {f"{outcome}/{reason}": count for (outcome, reason), count in sorted(stats.resolutions.items())}
     return {
         "now": clock.iso(now),
         "now_unix": clock.unix(now),
-        "bots": [{"id": bot.id, "name": bot.name, "webhooks": gate.webhook_urls(bot)} for bot in gate.store.bots()],
-        "open_waits": {"count": len(waiting), "shown": open_waits},
+        "bots": [{"id": bot.id, "name": bot.name, "webhooks": gate.webhook_urls(bot)} for bot in bots],
+        "open_waits": {"count": open_count, "shown": open_waits},
         "recent_resolutions": list(reversed(gate.recent_resolutions)),  # newest first
         "recent_late_calls": list(reversed(gate.recent_late_calls)),
         "counters": {
-            "open_waits": len(waiting),
+            "open_waits": open_count,
             "waits_opened": stats.waits_opened,
             "resolved": resolved,
             "succeeded": sum(n for (outcome, _), n in stats.resolutions.items() if outcome == "success"),
@@ -93,4 +92,4 @@ def register_dashboard(app: QuartTrio, gate: Gate) -> None:
 
     @app.get("/api/dashboard")
     async def dashboard_data() -> Response:
-        return json_response(snapshot(gate), headers={"Cache-Control": "no-store"})
+        return json_response(await snapshot(gate), headers={"Cache-Control": "no-store"})

@@ -22,8 +22,9 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..core.errors import STATUS_BY_CODE, Refused
+from ..core.errors import RETRY_AFTER_S, STATUS_BY_ANSWER, STATUS_BY_CODE, Refused
 from ..core.gate import LATENESS_BUCKETS, Gate
+from ..core.store import StoreUnavailable
 from ..core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
 from .dashboard import register_dashboard
 from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
@@ -97,6 +98,12 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
     async def refused(error: Refused) -> Response:
         return json_response(error.as_dict(), STATUS_BY_CODE[error.code])
 
+    @app.errorhandler(StoreUnavailable)
+    async def store_unavailable(error: StoreUnavailable) -> Response:
+        # Nothing changed (SPEC §13.3): the client may simply try again.
+        return json_response({"error": "store_unavailable", "detail": f"the store cannot answer now: {error.reason}"},
+                             STATUS_BY_CODE["store_unavailable"], headers={"Retry-After": str(RETRY_AFTER_S)})
+
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         code = re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
@@ -119,61 +126,63 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        reason = await gate.health()
+        if reason is not None:
+            return json_response({"status": "degraded", "store": reason}, 503,
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         return json_response({"status": "ok"})
 
     @app.get("/openapi.json")
     async def openapi_json() -> Response:
-        webhooks = {bot.id: bot.webhook_blocks() for bot in gate.store.bots()}
+        webhooks = {bot.id: bot.webhook_blocks() for bot in await gate.store.bots()}
         return json_response(openapi_document(max_body=max_body, protected=bool(api_token), webhooks=webhooks))
 
     @app.post("/api/bots")
     async def create_bot() -> Response:
         document = await read_json_object(max_body)
-        return json_response(gate.bot_document(gate.create_bot(document)), 201)
+        return json_response(gate.bot_document(await gate.create_bot(document)), 201)
 
     @app.get("/api/bots")
     async def list_bots() -> Response:
-        return json_response({"bots": [gate.bot_document(bot) for bot in gate.store.bots()]})
+        return json_response({"bots": [gate.bot_document(bot) for bot in await gate.store.bots()]})
 
     @app.get("/api/bots/<bot_id>")
     async def get_bot(bot_id: str) -> Response:
-        return json_response(gate.bot_document(gate.get_bot(bot_id)))
+        return json_response(gate.bot_document(await gate.get_bot(bot_id)))
 
     @app.post("/api/bots/<bot_id>/conversations")
     async def start_conversation(bot_id: str) -> Response:
-        gate.get_bot(bot_id)  # 404 before reading a body we would not use
+        await gate.get_bot(bot_id)  # 404 before reading a body we would not use
         document = await read_json_object(max_body, optional=True)
-        conversation = await gate.start_conversation_async(bot_id, document.get("variables"))
+        conversation = await gate.start_conversation(bot_id, document.get("variables"))
         return json_response(conversation.as_dict(gate.clock), 201)
 
     @app.get("/api/conversations/<key>")
     @app.get("/c/<key>")
     async def get_conversation(key: str) -> Response:
-        return json_response(gate.get_conversation(key).as_dict(gate.clock))
+        return json_response((await gate.get_conversation(key)).as_dict(gate.clock))
 
     @app.post("/webhooks/<bot_id>/<block_id>")
     async def webhook(bot_id: str, block_id: str) -> Response:
-        block = webhooks.block(bot_id, block_id)
+        block = await webhooks.block(bot_id, block_id)
         body = await read_body(max_body)
-        # Checks and resolution are one atomic step (no await between them); in real time only the
-        # flow after the resolution awaits its scripts, which run off the event loop.
-        answer = await webhooks.decide_async(block, bot_id, block_id,
-                                             media_type=media_type_of(request.headers.get("Content-Type")),
-                                             headers=request.headers, body=body)
-        return json_response(answer)
+        answer = await webhooks.decide(block, bot_id, block_id,
+                                       media_type=media_type_of(request.headers.get("Content-Type")),
+                                       headers=request.headers, body=body)
+        return json_response(answer, STATUS_BY_ANSWER[answer["status"]])
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(render_metrics(gate, webhook_calls), content_type="text/plain; version=0.0.4")
+        text = render_metrics(gate, webhook_calls, await gate.open_wait_count())
+        return Response(text, content_type="text/plain; version=0.0.4")
 
     register_dashboard(app, gate)  # GET / (the live page) and GET /api/dashboard
     return app
 
 
-def render_metrics(gate: Gate, webhook_calls: dict[int, int]) -> str:
+def render_metrics(gate: Gate, webhook_calls: dict[int, int], open_waits: int) -> str:
     """Prometheus text exposition of the gate's counters."""
     stats = gate.stats
-    open_waits = gate.open_wait_count()
     lines = [
         "# HELP harness_waits_open Waits currently open.",
         "# TYPE harness_waits_open gauge",
