@@ -15,7 +15,7 @@ import trio
 from harness.core.bots import Bot, load_bot, parse_bot
 from harness.core.gate import Gate
 from harness.core.store import Store
-from harness.store import open_store
+from harness.store import open_store, store_clock
 from harness.testing import LocalPostgres, ServerProcess
 from harness.web.server import create_app
 
@@ -74,7 +74,8 @@ def make_store(kind: str, tmp_path: Path) -> Store:
 @pytest.fixture
 async def gate(store_kind: str, nursery: trio.Nursery, tmp_path: Path) -> Gate:
     """A running gate; every test using it runs once per store."""
-    gate = Gate(public_url=PUBLIC_URL, store=make_store(store_kind, tmp_path))
+    store = make_store(store_kind, tmp_path)
+    gate = Gate(public_url=PUBLIC_URL, store=store, clock=store_clock(store))
     await nursery.start(gate.run)
     return gate
 
