@@ -87,6 +87,7 @@ def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
 
 @app.command()
 def serve(
+    context: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
     bots: Annotated[list[Path] | None, typer.Option("--bots", help="Bot files or folders to load.")] = None,
@@ -135,7 +136,7 @@ def serve(
     raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
     if workers != 1:
-        raise typer.Exit(_serve_workers(workers, host, port, store))
+        raise typer.Exit(_serve_workers(context, workers, host, port, store))
     try:
         gate_store = open_store(store)
     except ValueError as error:
@@ -173,10 +174,9 @@ def serve(
     err.print("stopped")
 
 
-def _serve_workers(workers: int, host: str, port: int, store: str) -> int:
+def _serve_workers(context: typer.Context, workers: int, host: str, port: int, store: str) -> int:
     """``serve --workers N``: check the store, reserve the address, supervise N ``serve`` processes
     listening on it with SO_REUSEPORT (the same options otherwise); the exit status."""
-    import click
     import trio
 
     from .store import open_store
@@ -202,16 +202,15 @@ def _serve_workers(workers: int, host: str, port: int, store: str) -> int:
         return 2
     with reserved:
         chosen = reserved.getsockname()[1]
-        context = click.get_current_context()
         env = dict(os.environ)
         arguments: list[str] = []
         for parameter in context.command.params:
             name, value = parameter.name or "", context.params.get(parameter.name or "")
-            if name in ("workers", "port", "reuse_port") or value is None or not isinstance(parameter, click.Option):
+            if name in ("workers", "port", "reuse_port") or value is None or not parameter.opts:
                 continue
             if isinstance(parameter.envvar, str):
                 env[parameter.envvar] = str(value)  # secrets stay out of the process list
-            elif parameter.is_flag:
+            elif getattr(parameter, "is_flag", False):
                 arguments += [parameter.opts[0]] if value else list(parameter.secondary_opts[:1])
             elif parameter.multiple:
                 for item in value:
