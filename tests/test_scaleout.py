@@ -35,6 +35,8 @@ PAY = {
     },
 }
 
+PATIENT = {**PAY, "blocks": {**PAY["blocks"], "wait": {**PAY["blocks"]["wait"], "timeout_s": 120}}}
+
 
 def serve(pg_url: str, log: Path, *prefix: str) -> ServerProcess:
     """`harness serve --store PG_URL`, optionally under a command prefix (e.g. faketime)."""
@@ -82,8 +84,7 @@ def test_a_bot_registered_anywhere_is_served_everywhere(gates: list[ServerProces
 
 def test_concurrent_calls_spread_over_processes_resolve_a_wait_once(gates: list[ServerProcess]) -> None:
     urls = [gate.url for gate in gates]
-    patient = {**PAY, "blocks": {**PAY["blocks"], "wait": {**PAY["blocks"]["wait"], "timeout_s": 120}}}
-    assert httpx.post(f"{urls[0]}/api/bots", json=patient).status_code == 201
+    assert httpx.post(f"{urls[0]}/api/bots", json=PATIENT).status_code == 201
     keys = [start(urls[number % 3])["conversation_key"] for number in range(4)]
 
     def call(number: int, key: str) -> int:
@@ -210,7 +211,7 @@ def test_serve_workers_share_one_port_and_stop_together(pg_url: str, tmp_path: P
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        assert httpx.post(f"{url}/api/bots", json=PAY).status_code == 201
+        assert httpx.post(f"{url}/api/bots", json=PATIENT).status_code == 201
         keys = {start(url)["conversation_key"] for _ in range(30)}
         for key in keys:  # fresh connections land on any worker; every one knows every conversation
             assert httpx.post(f"{url}/webhooks/pay/wait", json={"conversation_key": key}).status_code == 200
