@@ -74,13 +74,13 @@ def direct_loop(conversations: int) -> None:
         webhooks = WebhookHandler(gate)
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(bot)
-            keys = [gate.start_conversation("payment").key for _ in range(conversations)]
+            await gate.add_bot(bot)
+            keys = [(await gate.start_conversation("payment")).key for _ in range(conversations)]
             for index in np.argsort(delays, kind="stable"):
                 await trio.sleep_until(float(delays[index]))
                 body = json.dumps({**PAYLOAD, "conversation_key": keys[index]}).encode()
                 with contextlib.suppress(Refused):  # refusals (410 after the deadline) are part of the work
-                    webhooks.handle("payment", "wait_payment", media_type=JSON_TYPE, headers={}, body=body)
+                    await webhooks.handle("payment", "wait_payment", media_type=JSON_TYPE, headers={}, body=body)
             await trio.sleep_until(TIMEOUT_S + 1)
             nursery.cancel_scope.cancel()
 

@@ -48,13 +48,13 @@ def measure(store_spec: str, per_batch: int, batches: int = 3) -> list[tuple[flo
         figures = []
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(BOT)
+            await gate.add_bot(BOT)
             tracemalloc.start()
             for _ in range(batches):
                 started = time.perf_counter()
                 for amount in range(per_batch):
-                    key = gate.start_conversation("b").key
-                    gate.deliver("b", "w", {"conversation_key": key, "amount": amount})
+                    key = (await gate.start_conversation("b")).key
+                    await gate.deliver("b", "w", {"conversation_key": key, "amount": amount})
                 await trio.sleep(RETENTION_S + SWEEP_EVERY_S + 1)
                 gc.collect()
                 figures.append((rss_mib(), tracemalloc.get_traced_memory()[0] / 2**20, time.perf_counter() - started))

@@ -30,12 +30,12 @@ async def gate_lateness(open_offsets: np.ndarray) -> np.ndarray:
     gate = Gate(store=MemoryStore())
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
-        gate.add_bot(BOT)
+        await gate.add_bot(BOT)
         start = trio.current_time()
         conversations = []
         for offset in open_offsets:
             await trio.sleep_until(start + offset)
-            conversations.append(gate.start_conversation("b"))
+            conversations.append(await gate.start_conversation("b"))
         await trio.sleep(1.5)
         nursery.cancel_scope.cancel()
     waits = [c.waits[0] for c in conversations]

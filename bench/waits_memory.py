@@ -42,18 +42,18 @@ async def measure_gate(n: int) -> tuple[float, float, float]:
     gate = Gate(store=MemoryStore())
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
-        gate.add_bot(BOT)
+        await gate.add_bot(BOT)
         gc.collect()
         rss_before = rss_kib()
         tracemalloc.start()
-        conversations = [gate.start_conversation("b") for _ in range(n)]
+        conversations = [await gate.start_conversation("b") for _ in range(n)]
         gc.collect()
         traced, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         rss = (rss_kib() - rss_before) * 1024 / n
         wait, entry = conversations[0].waits[0], gate._deadlines[0]
         wait_share = sum(map(sys.getsizeof, (wait, entry, wait.opened_at, wait.deadline, entry[0])))
-        assert gate.open_wait_count() == n
+        assert await gate.open_wait_count() == n
         nursery.cancel_scope.cancel()
     return traced / n, rss, float(wait_share)
 

@@ -25,7 +25,7 @@ async def test_snapshot_lists_bots_open_waits_resolutions_and_late_calls(client:
                                                                          autojump_clock: Any) -> None:
     import trio
 
-    gate.add_bot(webhook_bot(timeout_s=5))
+    await gate.add_bot(webhook_bot(timeout_s=5))
     first = await start(client)
     await trio.sleep(1)
     second = await start(client)

@@ -32,12 +32,12 @@ def test_restart_keeps_deadlines_expires_the_overdue_and_resolves_nothing_twice(
         gate = Gate(store=SqliteStore(database), clock=WallClock(lambda: started))
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(load_bot(BOTS / "payment.toml"))  # waits 120 s
-            gate.add_bot(webhook_bot(timeout_s=5, bot_id="quick"))
-            keys = {name: gate.start_conversation(bot).key
+            await gate.add_bot(load_bot(BOTS / "payment.toml"))  # waits 120 s
+            await gate.add_bot(webhook_bot(timeout_s=5, bot_id="quick"))
+            keys = {name: (await gate.start_conversation(bot)).key
                     for name, bot in (("long", "payment"), ("short", "quick"), ("paid", "payment"))}
             await trio.sleep(2)
-            gate.deliver("payment", "wait_payment", {"conversation_key": keys["paid"], "data": {"amount": 9}})
+            await gate.deliver("payment", "wait_payment", {"conversation_key": keys["paid"], "data": {"amount": 9}})
             nursery.cancel_scope.cancel()  # the process "dies" 2 s after start; nothing else is written
         return keys
 
@@ -49,20 +49,20 @@ def test_restart_keeps_deadlines_expires_the_overdue_and_resolves_nothing_twice(
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
             await trio.sleep(0)
-            short = gate.get_conversation(keys["short"])
+            short = await gate.get_conversation(keys["short"])
             assert [(w.outcome, w.reason, w.waited_s) for w in short.waits] == [("failure", "timeout", 5.0)]
             assert short.transcript[-1]["text"] == "too late"
-            long = gate.get_conversation(keys["long"])
+            long = await gate.get_conversation(keys["long"])
             assert long.status == "waiting"
             assert long.waits[0].deadline - trio.current_time() == pytest.approx(60.0, abs=1e-3)
-            paid = gate.get_conversation(keys["paid"])
+            paid = await gate.get_conversation(keys["paid"])
             assert [w.reason for w in paid.waits] == ["received"] and paid.variables["amount"] == 9
             with pytest.raises(Refused, match="not_waiting"):
-                gate.deliver("payment", "wait_payment", {"conversation_key": keys["paid"]})
+                await gate.deliver("payment", "wait_payment", {"conversation_key": keys["paid"]})
             await trio.sleep(59)
-            assert gate.get_conversation(keys["long"]).status == "waiting"
+            assert (await gate.get_conversation(keys["long"])).status == "waiting"
             await trio.sleep(2)
-            long = gate.get_conversation(keys["long"])
+            long = await gate.get_conversation(keys["long"])
             assert (long.waits[0].reason, long.waits[0].waited_s) == ("timeout", 120.0)
             assert gate.stats.resolutions == {("failure", "timeout"): 2}
             nursery.cancel_scope.cancel()
@@ -79,19 +79,19 @@ def test_two_stores_on_one_file_resolve_a_wait_once(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(first.run)
             await nursery.start(second.run)
-            first.add_bot(webhook_bot(timeout_s=30))
+            await first.add_bot(webhook_bot(timeout_s=30))
             with pytest.raises(Refused, match="bot_exists"):
-                second.add_bot(webhook_bot(timeout_s=30))
-            key = first.start_conversation("pay").key
+                await second.add_bot(webhook_bot(timeout_s=30))
+            key = (await first.start_conversation("pay")).key
             # Both processes hold a copy; the second resolves; the first's copy is now stale.
-            first.get_conversation(key)
-            second.deliver("pay", "wait", {"conversation_key": key, "data": {"amount": 1}})
+            await first.get_conversation(key)
+            await second.deliver("pay", "wait", {"conversation_key": key, "data": {"amount": 1}})
             with pytest.raises(Refused, match="not_waiting"):
-                first.deliver("pay", "wait", {"conversation_key": key, "data": {"amount": 2}})
-            assert first.get_conversation(key).variables["amount"] == 1
+                await first.deliver("pay", "wait", {"conversation_key": key, "data": {"amount": 2}})
+            assert (await first.get_conversation(key)).variables["amount"] == 1
             # The first process's timer fires later and changes nothing.
             await trio.sleep(31)
-            assert [w.reason for w in first.get_conversation(key).waits] == ["received"]
+            assert [w.reason for w in (await first.get_conversation(key)).waits] == ["received"]
             nursery.cancel_scope.cancel()
 
     run_virtual(main)
@@ -104,16 +104,16 @@ def test_commit_refuses_a_wait_already_resolved_elsewhere(tmp_path: Path) -> Non
         gate = Gate(store=SqliteStore(database))
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=30))
-            key = gate.start_conversation("pay").key
+            await gate.add_bot(webhook_bot(timeout_s=30))
+            key = (await gate.start_conversation("pay")).key
             other = SqliteStore(database)
             other.bind(gate.clock)
-            ours, theirs = gate.store.get_conversation(key), other.get_conversation(key)
+            ours, theirs = await gate.store.get_conversation(key), await other.get_conversation(key)
             for copy in (ours, theirs):
                 copy.waits[0].resolve("success", "received", trio.current_time())
-            assert other.commit(theirs, resolved_wait=0) is True
-            assert gate.store.commit(ours, resolved_wait=0) is False
-            assert gate.store.open_wait_count() == 0
+            assert await other.commit(theirs, resolved_wait=0) is True
+            assert await gate.store.commit(ours, resolved_wait=0) is False
+            assert await gate.store.open_wait_count() == 0
             nursery.cancel_scope.cancel()
 
     run_virtual(main)

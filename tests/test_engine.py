@@ -243,7 +243,7 @@ def test_finished_conversations_cost_the_runner_and_its_gate_little_memory() -> 
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             assert blocks[0].length == 20_000
-            assert driver.gate is not None and driver.gate.open_wait_count() == 0
+            assert driver.gate is not None and await driver.gate.open_wait_count() == 0
             return baseline, peak
 
     baseline, peak = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

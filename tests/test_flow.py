@@ -11,6 +11,7 @@ from harness.core.flow import MAX_BLOCKS_WITHOUT_WAITING, advance, evaluate_cond
 from .conftest import BOTS
 
 
+
 def conversation(**variables) -> Conversation:
     url = "http://gate.test/c/KEY123"
     c = Conversation(key="KEY123", bot="b", url=url, started_at=0.0)
@@ -18,18 +19,18 @@ def conversation(**variables) -> Conversation:
     return c
 
 
-def run(blocks: dict, start: str, **variables) -> Conversation:
+async def run(blocks: dict, start: str, **variables) -> Conversation:
     bot = parse_bot({"id": "b", "start": start, "blocks": blocks})
     c = conversation(**variables)
-    advance(c, bot, bot.start, now=0.0)
+    await advance(c, bot, bot.start, now=0.0)
     return c
 
 
-def test_seed_snippet_runs_unchanged_and_sets_the_key() -> None:
+async def test_seed_snippet_runs_unchanged_and_sets_the_key(autojump_clock: object) -> None:
     bot = load_bot(BOTS / "payment.toml")
     c = conversation()
     c.variables["Conversation URL"] = "http://elsewhere/c/FROM_URL"
-    wait = advance(c, bot, bot.start, now=10.0)
+    wait = await advance(c, bot, bot.start, now=10.0)
     assert c.variables["conversation_key"] == "FROM_URL"
     assert c.status == "waiting" and c.block == "wait_payment"
     assert wait is not None and (wait.opened_at, wait.deadline) == (10.0, 130.0)
@@ -40,8 +41,8 @@ def test_interpolation_renders_json_values_and_blanks_unknowns() -> None:
     assert interpolate("{{a}}/{{ b }}/{{c}}/{{missing}}/{{n}}", {"a": 1.5, "b": True, "c": [1], "n": None}) == "1.5/true/[1]//"
 
 
-def test_set_variable_interpolates_strings_and_keeps_json_values() -> None:
-    c = run(
+async def test_set_variable_interpolates_strings_and_keeps_json_values(autojump_clock: object) -> None:
+    c = await run(
         {
             "s1": {"type": "set_variable", "name": "greeting", "value": "hi {{who}}", "next": "s2"},
             "s2": {"type": "set_variable", "name": "items", "value": [1, 2], "next": "m"},
@@ -79,8 +80,8 @@ def test_exists_is_false_for_unset_and_null() -> None:
     assert evaluate_condition("exists", 0, None, present=True) is True
 
 
-def test_javascript_error_takes_failure_edge_without_partial_changes() -> None:
-    c = run(
+async def test_javascript_error_takes_failure_edge_without_partial_changes(autojump_clock: object) -> None:
+    c = await run(
         {
             "js": {"type": "javascript", "code": "wn.setConversationVariable('x', 1); throw new Error('no')",
                    "next": "ok", "failure": "bad"},
@@ -92,14 +93,14 @@ def test_javascript_error_takes_failure_edge_without_partial_changes() -> None:
     assert c.transcript[-1]["text"] == "bad" and "x" not in c.variables
 
 
-def test_javascript_error_without_failure_edge_errors_the_conversation() -> None:
-    c = run({"js": {"type": "javascript", "code": "while (true) {}", "next": "m"}, "m": {"type": "end"}}, "js")
+async def test_javascript_error_without_failure_edge_errors_the_conversation(autojump_clock: object) -> None:
+    c = await run({"js": {"type": "javascript", "code": "while (true) {}", "next": "m"}, "m": {"type": "end"}}, "js")
     assert c.status == "errored"
     assert c.error == {"block": "js", "reason": "javascript: time limit of 0.5 s exceeded"}
 
 
-def test_a_loop_without_waiting_is_stopped() -> None:
-    c = run(
+async def test_a_loop_without_waiting_is_stopped(autojump_clock: object) -> None:
+    c = await run(
         {
             "a": {"type": "set_variable", "name": "n", "value": 1, "next": "b"},
             "b": {"type": "condition", "variable": "n", "op": "exists", "true": "a", "false": "a"},
@@ -110,6 +111,6 @@ def test_a_loop_without_waiting_is_stopped() -> None:
     assert f"more than {MAX_BLOCKS_WITHOUT_WAITING} blocks" in c.error["reason"]
 
 
-def test_edgeless_block_completes() -> None:
-    c = run({"m": {"type": "message", "text": "bye"}}, "m")
+async def test_edgeless_block_completes(autojump_clock: object) -> None:
+    c = await run({"m": {"type": "message", "text": "bye"}}, "m")
     assert (c.status, c.block) == ("completed", "m")

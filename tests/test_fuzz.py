@@ -91,8 +91,8 @@ def webhook_requests(draw: st.DrawFn) -> dict[str, Any]:
             "url": f"/webhooks/{bot}/{block}", "content": body, "headers": headers}
 
 
-def snapshot(gate: Gate, keys: list[str]) -> Any:
-    return [gate.get_conversation(key).as_dict(gate.clock) for key in keys], gate.open_wait_count()
+async def snapshot(gate: Gate, keys: list[str]) -> Any:
+    return [(await gate.get_conversation(key)).as_dict(gate.clock) for key in keys], await gate.open_wait_count()
 
 
 def replay(plan: list[dict[str, Any]], *, real_key_probability: bool) -> None:
@@ -100,16 +100,16 @@ def replay(plan: list[dict[str, Any]], *, real_key_probability: bool) -> None:
         gate = Gate(store=MemoryStore(), public_url="http://fuzz")
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=300))
-            gate.add_bot(webhook_bot(timeout_s=300, secret="s3cret", bot_id="signed"))
-            keys = [gate.start_conversation("pay").key, gate.start_conversation("signed").key]
+            await gate.add_bot(webhook_bot(timeout_s=300))
+            await gate.add_bot(webhook_bot(timeout_s=300, secret="s3cret", bot_id="signed"))
+            keys = [(await gate.start_conversation("pay")).key, (await gate.start_conversation("signed")).key]
             transport = httpx.ASGITransport(app=create_app(gate, max_body=MAX_BODY))
             async with httpx.AsyncClient(transport=transport, base_url="http://fuzz") as client:
                 for request in plan:
                     content = request["content"]
                     if real_key_probability:
                         content = content.replace(b'"REAL"', json.dumps(keys[0]).encode())
-                    before = snapshot(gate, keys)
+                    before = await snapshot(gate, keys)
                     # Raw bytes, so non-ASCII header values reach the server as they are.
                     headers = {name: value.encode("utf-8", "surrogatepass") for name, value in request["headers"].items()}
                     response = await client.request(request["method"], request["url"], content=content, headers=headers)
@@ -118,7 +118,7 @@ def replay(plan: list[dict[str, Any]], *, real_key_probability: bool) -> None:
                     if response.status_code >= 300:
                         body = response.json()
                         assert isinstance(body["error"], str) and body["error"], body
-                        assert snapshot(gate, keys) == before, (request, response.text)
+                        assert await snapshot(gate, keys) == before, (request, response.text)
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

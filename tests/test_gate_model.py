@@ -58,8 +58,8 @@ def replay(timeout: int, conversations: int, calls: list[tuple[float, int | str]
         gate = Gate(store=MemoryStore())
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=timeout))
-            keys = [gate.start_conversation("pay").key for _ in range(conversations)]
+            await gate.add_bot(webhook_bot(timeout_s=timeout))
+            keys = [(await gate.start_conversation("pay")).key for _ in range(conversations)]
             start = trio.current_time()
             statuses = []
             for instant, target in calls:
@@ -67,12 +67,12 @@ def replay(timeout: int, conversations: int, calls: list[tuple[float, int | str]
                 payload = {} if target == "missing" else {
                     "conversation_key": "A" * 32 if target == "unknown" else keys[target]}
                 try:
-                    gate.deliver("pay", "wait", payload)
+                    await gate.deliver("pay", "wait", payload)
                     statuses.append(200)
                 except Refused as error:
                     statuses.append(STATUS[error.code])
             await trio.sleep_until(start + timeout + 1)
-            waits = [(w.outcome, w.reason, w.waited_s) for w in (gate.get_conversation(k).waits[0] for k in keys)]
+            waits = [(w.outcome, w.reason, w.waited_s) for w in ((await gate.get_conversation(k)).waits[0] for k in keys)]
             assert sum(gate.stats.resolutions.values()) == conversations  # each wait exactly once
             nursery.cancel_scope.cancel()
             return statuses, waits

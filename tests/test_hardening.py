@@ -30,7 +30,7 @@ BOT = {"id": "pay", "start": "wait", "blocks": {
 @pytest.fixture
 async def guarded(gate: Gate) -> AsyncIterator[httpx.AsyncClient]:
     """A client of an app with ``--api-token``; it sends no token unless told to."""
-    gate.add_bot(webhook_bot(timeout_s=30))
+    await gate.add_bot(webhook_bot(timeout_s=30))
     transport = httpx.ASGITransport(app=create_app(gate, api_token=TOKEN))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
         yield client
@@ -59,7 +59,7 @@ async def test_protected_paths_need_the_token(guarded: httpx.AsyncClient, gate: 
         response = await guarded.request(method, path, headers=headers)
         assert_error(response, 401, "unauthorized")
         assert response.headers["www-authenticate"] == "Bearer"
-    assert gate.open_wait_count() == 0  # the refused start changed nothing
+    assert await gate.open_wait_count() == 0  # the refused start changed nothing
     allowed = await guarded.request(method, path, headers=bearer())
     assert allowed.status_code != 401
 
@@ -112,7 +112,7 @@ async def test_api_posts_with_a_body_must_be_json(client: httpx.AsyncClient, gat
                               headers={"Content-Type": "application/json; charset=utf-8"})).status_code == 201
     started = await client.post("/api/bots/pay/conversations", content=b'{"variables": {}}', headers=headers)
     assert_error(started, 415, "unsupported_media_type")
-    assert gate.open_wait_count() == 0
+    assert await gate.open_wait_count() == 0
     assert (await client.post("/api/bots/pay/conversations")).status_code == 201  # no body: no type needed
 
 
@@ -126,11 +126,11 @@ async def test_api_posts_with_a_body_must_be_json(client: httpx.AsyncClient, gat
 ])
 async def test_start_refuses_variables_that_cannot_be_stored(client: httpx.AsyncClient, gate: Gate,
                                                              body: bytes) -> None:
-    gate.add_bot(webhook_bot(timeout_s=30))
+    await gate.add_bot(webhook_bot(timeout_s=30))
     response = await client.post("/api/bots/pay/conversations", content=body,
                                  headers={"Content-Type": "application/json"})
     assert_error(response, 400, "invalid_payload")
-    assert gate.open_wait_count() == 0
+    assert await gate.open_wait_count() == 0
     ok = b'{"variables": {"deep": ' + b"[" * 62 + b"]" * 62 + b', "name": "\\u00e9"}}'
     started = await client.post("/api/bots/pay/conversations", content=ok, headers={"Content-Type": "application/json"})
     assert started.status_code == 201 and started.json()["variables"]["name"] == "é"
@@ -149,7 +149,7 @@ async def test_a_bot_with_a_lone_surrogate_is_refused(client: httpx.AsyncClient)
 @pytest.mark.parametrize("digits", [400, 5000])
 async def test_a_huge_signature_timestamp_is_a_401_not_a_500(client: httpx.AsyncClient, gate: Gate,
                                                              digits: int) -> None:
-    gate.add_bot(webhook_bot(timeout_s=30, secret="whsec_x"))
+    await gate.add_bot(webhook_bot(timeout_s=30, secret="whsec_x"))
     key = (await client.post("/api/bots/pay/conversations")).json()["conversation_key"]
     header = f"t={'9' * digits},v1={'a' * 64}"
     response = await client.post("/webhooks/pay/wait", json={"conversation_key": key},
@@ -206,7 +206,7 @@ def json_headers(length: int) -> list[tuple[bytes, bytes]]:
 
 
 async def test_content_length_with_transfer_encoding_is_refused_and_closes(gate: Gate) -> None:
-    gate.add_bot(webhook_bot(timeout_s=30))
+    await gate.add_bot(webhook_bot(timeout_s=30))
     app = create_app(gate)
     exchange = Exchange(app, "POST", "/api/bots/pay/conversations",
                         [*json_headers(2), (b"transfer-encoding", b"chunked")])
@@ -216,11 +216,11 @@ async def test_content_length_with_transfer_encoding_is_refused_and_closes(gate:
         await exchange.finished.wait()
     assert (exchange.status, exchange.error()) == (400, "invalid_request")
     assert exchange.headers[b"connection"] == b"close"
-    assert gate.open_wait_count() == 0
+    assert await gate.open_wait_count() == 0
 
 
 async def test_a_body_that_stalls_gets_408_and_closes_and_changes_nothing(gate: Gate, autojump_clock) -> None:
-    gate.add_bot(webhook_bot(timeout_s=300))
+    await gate.add_bot(webhook_bot(timeout_s=300))
     app = create_app(gate, body_timeout=30)
     body = b'{"variables": {"a": 1}}'
     exchange = Exchange(app, "POST", "/api/bots/pay/conversations", json_headers(len(body)))
@@ -234,11 +234,11 @@ async def test_a_body_that_stalls_gets_408_and_closes_and_changes_nothing(gate: 
         assert trio.current_time() - started == pytest.approx(30)
     assert (exchange.status, exchange.error()) == (408, "body_timeout")
     assert exchange.headers[b"connection"] == b"close"
-    assert gate.open_wait_count() == 0
+    assert await gate.open_wait_count() == 0
 
 
 async def test_a_slow_body_within_the_timeout_is_served(gate: Gate, autojump_clock) -> None:
-    gate.add_bot(webhook_bot(timeout_s=300))
+    await gate.add_bot(webhook_bot(timeout_s=300))
     app = create_app(gate, body_timeout=30)
     body = b'{"variables": {"a": 1}}'
     exchange = Exchange(app, "POST", "/api/bots/pay/conversations", json_headers(len(body)))
@@ -250,13 +250,13 @@ async def test_a_slow_body_within_the_timeout_is_served(gate: Gate, autojump_clo
         await trio.sleep(1)
         assert exchange.status == 201
         nursery.cancel_scope.cancel()  # the app now waits for the client to disconnect
-    assert gate.open_wait_count() == 1
+    assert await gate.open_wait_count() == 1
 
 
 async def test_past_the_cap_the_longest_stalled_body_is_shed(gate: Gate, autojump_clock) -> None:
     from harness.web.http_guard import HttpGuard
 
-    gate.add_bot(webhook_bot(timeout_s=300))
+    await gate.add_bot(webhook_bot(timeout_s=300))
     app = create_app(gate)
     guard = app.asgi_app
     assert isinstance(guard, HttpGuard)

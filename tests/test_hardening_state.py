@@ -56,13 +56,13 @@ def test_finished_conversations_leave_memory_between_retention_and_30_s_later(ki
         gate = Gate(store=make_store(kind, tmp_path / "gate.db"), public_url=PUBLIC_URL, retention=retention)
         async with trio.open_nursery() as nursery, client_for(gate) as client:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=10))
-            gate.add_bot(webhook_bot(timeout_s=300, bot_id="long"))
+            await gate.add_bot(webhook_bot(timeout_s=10))
+            await gate.add_bot(webhook_bot(timeout_s=300, bot_id="long"))
             await trio.sleep(7)  # not aligned with the 30 s sweeps
-            paid = gate.start_conversation("pay").key
-            gate.deliver("pay", "wait", {"conversation_key": paid, "data": {"amount": 5}})
+            paid = (await gate.start_conversation("pay")).key
+            await gate.deliver("pay", "wait", {"conversation_key": paid, "data": {"amount": 5}})
             paid_at = trio.current_time()
-            timed_out = gate.start_conversation("pay").key  # finishes at its deadline, 10 s from now
+            timed_out = (await gate.start_conversation("pay")).key  # finishes at its deadline, 10 s from now
             waiting = (await client.post("/api/bots/long/conversations")).json()["conversation_key"]
             await trio.sleep(10.5)
             timed_out_at = paid_at + 10
@@ -103,13 +103,13 @@ def test_memory_stays_flat_over_three_batches_of_finished_conversations(kind: st
         held = []
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=30))
+            await gate.add_bot(webhook_bot(timeout_s=30))
             tracemalloc.start()
             try:
                 for _ in range(3):
                     for amount in range(per_batch):
-                        key = gate.start_conversation("pay").key
-                        gate.deliver("pay", "wait", {"conversation_key": key, "data": {"amount": amount}})
+                        key = (await gate.start_conversation("pay")).key
+                        await gate.deliver("pay", "wait", {"conversation_key": key, "data": {"amount": amount}})
                     await trio.sleep(60 + SWEEP_EVERY_S + 1)
                     gc.collect()
                     held.append(tracemalloc.get_traced_memory()[0])
@@ -129,13 +129,13 @@ def test_the_sqlite_cache_is_bounded(tmp_path: Path) -> None:
         gate = Gate(store=store, retention=1e9)
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=300))
-            keys = [gate.start_conversation("pay").key for _ in range(200)]
+            await gate.add_bot(webhook_bot(timeout_s=300))
+            keys = [(await gate.start_conversation("pay")).key for _ in range(200)]
             assert len(store._seen) == 50
             # Waits whose copies left the cache still resolve, by call or by deadline.
-            gate.deliver("pay", "wait", {"conversation_key": keys[0], "data": {"amount": 1}})
+            await gate.deliver("pay", "wait", {"conversation_key": keys[0], "data": {"amount": 1}})
             await trio.sleep(301)
-            assert gate.open_wait_count() == 0
+            assert await gate.open_wait_count() == 0
             assert gate.stats.resolutions == {("success", "received"): 1, ("failure", "timeout"): 199}
             nursery.cancel_scope.cancel()
 
@@ -250,11 +250,11 @@ class FailAt:
         return step
 
 
-def snapshot(gate: Gate, keys: list[str], database: Path | None) -> dict[str, Any]:
+async def snapshot(gate: Gate, keys: list[str], database: Path | None) -> dict[str, Any]:
     """Everything a client could read back: through the gate, and (SQLite) from the file anew."""
-    state: dict[str, Any] = {"open_waits": gate.open_wait_count()}
+    state: dict[str, Any] = {"open_waits": await gate.open_wait_count()}
     for key in keys:
-        found = gate.store.get_conversation(key)
+        found = await gate.store.get_conversation(key)
         state[key] = None if found is None else found.as_dict(gate.clock)
     if database is not None:
         fresh = SqliteStore(database)
@@ -277,9 +277,9 @@ def test_a_failure_at_any_step_answers_500_and_changes_nothing(kind: str, call: 
         gate = Gate(store=store, public_url=PUBLIC_URL)
         async with trio.open_nursery() as nursery, client_for(gate) as client:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=30))
-            gate.add_bot(webhook_bot(timeout_s=5, bot_id="chain"))
-            keys = [gate.start_conversation("pay").key, gate.start_conversation("chain").key]
+            await gate.add_bot(webhook_bot(timeout_s=30))
+            await gate.add_bot(webhook_bot(timeout_s=5, bot_id="chain"))
+            keys = [(await gate.start_conversation("pay")).key, (await gate.start_conversation("chain")).key]
             if call == "late webhook":
                 await trio.sleep(6)  # chain's wait timed out; a call now is late (410, recorded)
 
@@ -293,7 +293,7 @@ def test_a_failure_at_any_step_answers_500_and_changes_nothing(kind: str, call: 
 
             k = 0
             while True:
-                before = snapshot(gate, keys, database)
+                before = await snapshot(gate, keys, database)
                 with monkeypatch.context() as patch:
                     failure = FailAt(patch, gate.store, k)
                     response = await attempt()
@@ -301,7 +301,7 @@ def test_a_failure_at_any_step_answers_500_and_changes_nothing(kind: str, call: 
                     break
                 assert response.status_code == 500, (k, response.text)
                 assert json.loads(response.text) == {"error": "internal_error", "detail": "unexpected server error"}
-                assert snapshot(gate, keys, database) == before, f"step {k} changed the state"
+                assert await snapshot(gate, keys, database) == before, f"step {k} changed the state"
                 k += 1
             assert response.status_code in (200, 201, 410), response.text  # and unpatched, it works
             assert k >= 3  # it did fail at several steps
@@ -319,16 +319,16 @@ def test_a_timeout_whose_resolution_fails_is_retried_and_the_scheduler_survives(
         gate = Gate(store=make_store(kind, tmp_path / "gate.db"))
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=10))
-            key = gate.start_conversation("pay").key
+            await gate.add_bot(webhook_bot(timeout_s=10))
+            key = (await gate.start_conversation("pay")).key
             with monkeypatch.context() as patch:
                 failure = FailAt(patch, gate.store, 0)  # the timer's first step fails
                 await trio.sleep(10.5)
             assert failure.fired
             await trio.sleep(1)  # retried (SQLite: the orphan poll may get there first)
-            wait = gate.get_conversation(key).waits[0]
+            wait = (await gate.get_conversation(key)).waits[0]
             assert (wait.outcome, wait.reason, wait.waited_s) == ("failure", "timeout", 10.0)
-            assert gate.start_conversation("pay").status == "waiting"  # the scheduler still runs
+            assert (await gate.start_conversation("pay")).status == "waiting"  # the scheduler still runs
             nursery.cancel_scope.cancel()
 
     run_virtual(main)

@@ -41,10 +41,10 @@ def js_bot(code: str, *, failure: bool = False, bot_id: str = "b") -> dict[str, 
         "js": block, "ok": {"type": "message", "text": "ok"}, "bad": {"type": "message", "text": "bad"}}}
 
 
-def run_flow(bot: dict[str, Any], **variables: Any) -> Conversation:
+async def run_flow(bot: dict[str, Any], **variables: Any) -> Conversation:
     parsed = parse_bot(bot)
     c = conversation(**variables)
-    advance(c, parsed, parsed.start, now=0.0)
+    await advance(c, parsed, parsed.start, now=0.0)
     return c
 
 
@@ -107,21 +107,21 @@ UNSTORABLE = {
 
 
 @pytest.mark.parametrize("code", UNSTORABLE.values(), ids=UNSTORABLE.keys())
-def test_an_unstorable_value_fails_the_block(code: str) -> None:
-    c = run_flow(js_bot(code, failure=True), a=1)
+async def test_an_unstorable_value_fails_the_block(code: str) -> None:
+    c = await run_flow(js_bot(code, failure=True), a=1)
     assert (c.status, c.transcript[-1]["text"]) == ("completed", "bad")
     assert "x" not in c.variables and c.variables["a"] == 1
 
-    c = run_flow(js_bot(code))
+    c = await run_flow(js_bot(code))
     assert c.status == "errored"
     assert c.error is not None and c.error["block"] == "js" and c.error["reason"].startswith("javascript: ")
 
 
-def test_the_reason_says_why_a_value_could_not_be_kept() -> None:
-    c = run_flow(js_bot("wn.setConversationVariable('x', '\\ud800')"))
+async def test_the_reason_says_why_a_value_could_not_be_kept() -> None:
+    c = await run_flow(js_bot("wn.setConversationVariable('x', '\\ud800')"))
     assert c.error == {"block": "js", "reason": "javascript: a variable cannot be stored: "
                        "a string at x is not valid Unicode (lone surrogate)"}
-    c = run_flow(js_bot("let o = 1; for (let i = 0; i < 65; i++) o = [o]; wn.setConversationVariable('x', o)"))
+    c = await run_flow(js_bot("let o = 1; for (let i = 0; i < 65; i++) o = [o]; wn.setConversationVariable('x', o)"))
     assert c.error is not None and "nested deeper than 64 levels" in c.error["reason"]
 
 
@@ -147,7 +147,7 @@ def test_replacing_builtins_cannot_change_how_variables_are_read_back() -> None:
 # -- the step budget ---------------------------------------------------------------------------
 
 
-def test_a_condition_looped_chain_of_legal_scripts_is_stopped_by_the_step_budget() -> None:
+async def test_a_condition_looped_chain_of_legal_scripts_is_stopped_by_the_step_budget() -> None:
     near_limit = "const t = Date.now(); while (Date.now() - t < 300) {} wn.setConversationVariable('n', 1)"
     bot = parse_bot({"id": "b", "start": "js", "blocks": {
         "js": {"type": "javascript", "code": near_limit, "next": "again", "failure": "again"},
@@ -155,14 +155,14 @@ def test_a_condition_looped_chain_of_legal_scripts_is_stopped_by_the_step_budget
     }})
     c = conversation()
     started = time.perf_counter()
-    advance(c, bot, bot.start, now=0.0)
+    await advance(c, bot, bot.start, now=0.0)
     elapsed = time.perf_counter() - started
     assert c.status == "errored"
     assert c.error == {"block": "js", "reason": f"javascript: the step's scripts ran out of their {STEP_BUDGET_S:g} s budget"}
     assert elapsed < STEP_BUDGET_S + 1.0  # before the budget: 1,000 blocks, minutes
 
 
-def test_the_budget_is_per_step() -> None:
+async def test_the_budget_is_per_step() -> None:
     """Two 0.3 s scripts, then a wait, then two more: each step stays within its own budget."""
     script = "const t = Date.now(); while (Date.now() - t < 300) {}"
     bot = parse_bot({"id": "b", "start": "a", "blocks": {
@@ -173,21 +173,21 @@ def test_the_budget_is_per_step() -> None:
         "d": {"type": "javascript", "code": script},
     }})
     c = conversation()
-    assert advance(c, bot, bot.start, now=0.0) is not None
+    assert await advance(c, bot, bot.start, now=0.0) is not None
     c.waits[-1].resolve("success", "received", 1.0)
-    advance(c, bot, "c", now=1.0)
+    await advance(c, bot, "c", now=1.0)
     assert c.status == "completed"
 
 
 # -- {{variables}} in code (SPEC §8.5) ---------------------------------------------------------
 
 
-def test_the_pasted_seed_snippet_sets_the_key() -> None:
+async def test_the_pasted_seed_snippet_sets_the_key() -> None:
     bot = load_bot(BOTS / "payment.toml")
     assert 'const conversation_url = "{{Conversation URL}}";' in bot.blocks["extract_key"].config["code"]
     c = conversation()
     c.variables["Conversation URL"] = "http://elsewhere/c/FROM_URL"
-    advance(c, bot, bot.start, now=0.0)
+    await advance(c, bot, bot.start, now=0.0)
     assert (c.status, c.variables["conversation_key"]) == ("waiting", "FROM_URL")
 
 
@@ -244,7 +244,7 @@ def test_placeholders_in_comments_are_left_alone() -> None:
 
 async def test_in_real_time_a_scripts_run_does_not_hold_the_event_loop() -> None:
     gate = Gate(store=MemoryStore(), public_url=PUBLIC_URL)
-    gate.add_bot(parse_bot(js_bot("while (true) {}", bot_id="runaway")))
+    await gate.add_bot(parse_bot(js_bot("while (true) {}", bot_id="runaway")))
     gaps: list[float] = []
     done = trio.Event()
 
@@ -259,7 +259,7 @@ async def test_in_real_time_a_scripts_run_does_not_hold_the_event_loop() -> None
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         nursery.start_soon(ticker)
-        started = await gate.start_conversation_async("runaway")
+        started = await gate.start_conversation("runaway")
         done.set()
         nursery.cancel_scope.cancel()
     assert started.status == "errored" and "time limit" in started.error["reason"]
@@ -270,7 +270,7 @@ async def test_a_step_whose_caller_gives_up_still_runs_to_its_end() -> None:
     """A client hanging up mid-step must not leave the conversation `running` for good."""
     script = "const t = Date.now(); while (Date.now() - t < 100) {}"
     gate = Gate(store=MemoryStore(), public_url=PUBLIC_URL)
-    gate.add_bot(parse_bot({"id": "b", "start": "wait", "blocks": {
+    await gate.add_bot(parse_bot({"id": "b", "start": "wait", "blocks": {
         "wait": {"type": "webhook", "timeout_s": 30, "success": "one", "failure": "one"},
         "one": {"type": "javascript", "code": script, "next": "two"},
         "two": {"type": "javascript", "code": script, "next": "bye"},
@@ -278,22 +278,22 @@ async def test_a_step_whose_caller_gives_up_still_runs_to_its_end() -> None:
     }}))
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
-        key = (await gate.start_conversation_async("b")).key
+        key = (await gate.start_conversation("b")).key
         with trio.move_on_after(0.05):
-            await gate.deliver_async("b", "wait", {"conversation_key": key})
+            await gate.deliver("b", "wait", {"conversation_key": key})
         nursery.cancel_scope.cancel()
-    c = gate.get_conversation(key)
+    c = await gate.get_conversation(key)
     assert (c.status, c.transcript[-1]["text"]) == ("completed", "bye")
 
 
 async def test_in_virtual_time_scripts_run_inline_and_waits_open_exactly(autojump_clock: trio.testing.MockClock) -> None:
     gate = Gate(store=MemoryStore(), public_url=PUBLIC_URL)
-    gate.add_bot(load_bot(BOTS / "payment.toml"))
+    await gate.add_bot(load_bot(BOTS / "payment.toml"))
     async with trio.open_nursery() as nursery:
         await nursery.start(gate.run)
         await trio.sleep(12.5)
         now = trio.current_time()
-        c = await gate.start_conversation_async("payment")
+        c = await gate.start_conversation("payment")
         nursery.cancel_scope.cancel()
     assert c.status == "waiting" and c.variables["conversation_key"] == c.key
     assert (c.waits[0].opened_at, c.waits[0].deadline) == (now, now + 120)

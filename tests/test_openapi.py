@@ -58,7 +58,7 @@ async def test_the_document_declares_every_contract_error_with_its_status(client
 async def test_the_document_names_the_bots_it_serves(client: httpx.AsyncClient, gate: Gate) -> None:
     from .conftest import webhook_bot
 
-    gate.add_bot(webhook_bot())
+    await gate.add_bot(webhook_bot())
     document = (await client.get("/openapi.json")).json()
     parameters = {p["name"]: p for p in document["paths"]["/webhooks/{bot_id}/{block_id}"]["post"]["parameters"]}
     assert list(parameters["bot_id"]["examples"]) == ["pay"] and list(parameters["block_id"]["examples"]) == ["wait"]

@@ -38,9 +38,9 @@ ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 @pytest.fixture
 async def shops(gate: Gate) -> Gate:
-    gate.add_bot(gated_bot("checkout", signature="stripe", secret=STRIPE_SECRET, key_path=STRIPE_KEY_PATH,
+    await gate.add_bot(gated_bot("checkout", signature="stripe", secret=STRIPE_SECRET, key_path=STRIPE_KEY_PATH,
                            mappings=CHECKOUT_MAPPINGS, timeout_s=120))
-    gate.add_bot(gated_bot("ipn", key_path="custom", timeout_s=120,
+    await gate.add_bot(gated_bot("ipn", key_path="custom", timeout_s=120,
                            mappings={"gross": "mc_gross", "items": "item_number", "status": "payment_status"}))
     return gate
 
@@ -173,7 +173,7 @@ async def test_the_refusal_order_holds_with_a_key_path(client, shops, autojump_c
 
 @pytest.fixture
 async def pay(gate: Gate) -> Gate:
-    gate.add_bot(webhook_bot(timeout_s=30))
+    await gate.add_bot(webhook_bot(timeout_s=30))
     return gate
 
 
@@ -259,12 +259,12 @@ def test_late_calls_survive_a_reopen_of_the_sqlite_file(tmp_path: Path) -> None:
         gate = Gate(store=SqliteStore(database), clock=WallClock(lambda: started), public_url=PUBLIC_URL)
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
-            gate.add_bot(webhook_bot(timeout_s=30))
-            key = gate.start_conversation("pay").key
+            await gate.add_bot(webhook_bot(timeout_s=30))
+            key = (await gate.start_conversation("pay")).key
             await trio.sleep(42.5)
             with pytest.raises(Refused, match="wait_expired"):
-                gate.deliver("pay", "wait", {"conversation_key": key})
-            late_calls = gate.get_conversation(key).as_dict(gate.clock)["late_calls"]
+                await gate.deliver("pay", "wait", {"conversation_key": key})
+            late_calls = (await gate.get_conversation(key)).as_dict(gate.clock)["late_calls"]
             nursery.cancel_scope.cancel()
         return key, late_calls
 
@@ -293,7 +293,7 @@ def test_late_calls_survive_a_reopen_of_the_sqlite_file(tmp_path: Path) -> None:
 @pytest.fixture
 async def shipped(gate: Gate) -> Gate:
     for name in ("stripe_checkout", "ipn_form"):
-        gate.add_bot(load_bot(BOTS / f"{name}.toml"))
+        await gate.add_bot(load_bot(BOTS / f"{name}.toml"))
     return gate
 
 

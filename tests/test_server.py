@@ -20,7 +20,7 @@ URL = "/webhooks/pay/wait"
 
 @pytest.fixture
 async def pay(gate: Gate) -> Gate:
-    gate.add_bot(webhook_bot(timeout_s=30, amount="data.amount", sku="data.items[0].sku", tags="tag"))
+    await gate.add_bot(webhook_bot(timeout_s=30, amount="data.amount", sku="data.items[0].sku", tags="tag"))
     return gate
 
 
@@ -158,10 +158,10 @@ async def test_exactly_one_of_many_concurrent_calls_wins(client: httpx.AsyncClie
 
 
 async def test_not_waiting_when_conversation_never_reached_block(client, gate: Gate) -> None:
-    gate.add_bot(webhook_bot(timeout_s=30))
+    await gate.add_bot(webhook_bot(timeout_s=30))
     from harness.core.bots import parse_bot
 
-    gate.add_bot(parse_bot({"id": "two", "start": "first", "blocks": {
+    await gate.add_bot(parse_bot({"id": "two", "start": "first", "blocks": {
         "first": {"type": "webhook", "timeout_s": 30, "success": "second", "failure": "second"},
         "second": {"type": "webhook", "timeout_s": 30, "success": "end", "failure": "end"},
         "end": {"type": "end"},
@@ -178,7 +178,7 @@ async def test_not_waiting_when_conversation_never_reached_block(client, gate: G
 
 @pytest.fixture
 async def signed(gate: Gate) -> Gate:
-    gate.add_bot(webhook_bot(timeout_s=30, secret=SECRET))
+    await gate.add_bot(webhook_bot(timeout_s=30, secret=SECRET))
     return gate
 
 
@@ -297,7 +297,7 @@ async def test_an_unexpected_error_is_a_json_500_and_the_server_goes_on(client, 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(pay, "deliver_async", broken)
+    monkeypatch.setattr(pay, "deliver", broken)
     response = await client.post(URL, json={"conversation_key": key})
     assert response.status_code == 500
     assert response.json() == {"error": "internal_error", "detail": "unexpected server error"}
@@ -306,7 +306,7 @@ async def test_an_unexpected_error_is_a_json_500_and_the_server_goes_on(client, 
 
 
 async def test_quarts_own_test_client_works_too(gate: Gate) -> None:
-    gate.add_bot(webhook_bot())
+    await gate.add_bot(webhook_bot())
     test_client = create_app(gate).test_client()
     created = await test_client.post("/api/bots/pay/conversations", json={})
     key = (await created.get_json())["conversation_key"]

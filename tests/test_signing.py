@@ -55,7 +55,7 @@ BOTS = {
 @pytest.fixture
 async def schemes(gate: Gate) -> Gate:
     for bot_id, (scheme, secret, header) in BOTS.items():
-        gate.add_bot(gated_bot(bot_id, signature=scheme, secret=secret, signature_header=header))
+        await gate.add_bot(gated_bot(bot_id, signature=scheme, secret=secret, signature_header=header))
     return gate
 
 
