@@ -11,7 +11,6 @@ from harness.core.flow import MAX_BLOCKS_WITHOUT_WAITING, advance, evaluate_cond
 from .conftest import BOTS
 
 
-
 def conversation(**variables) -> Conversation:
     url = "http://gate.test/c/KEY123"
     c = Conversation(key="KEY123", bot="b", url=url, started_at=0.0)
