@@ -240,3 +240,48 @@ def test_a_newer_schema_is_refused(pg_url: str) -> None:
 
 def _unix(iso: str) -> float:
     return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+RUN_COLUMNS = ["case", "conversation", "statuses", "first_status", "late_calls", "outcome", "reason", "resolved_by",
+               "conversation_status", "passed"]
+
+
+def _metric(url: str, name: str) -> int:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines() if line.startswith(name))
+
+
+def test_run_with_two_targets_crosses_gates_and_rows_match_one_target(pg_url: str, tmp_path: Path) -> None:
+    """`harness run --target A --target B` (SPEC §13.5): starts alternate A, B, A, …; each call goes to
+    the other gate; the rows say what one target's rows say."""
+    scenario = tmp_path / "two.toml"
+    scenario.write_text(
+        f'name = "two"\nbot = "{Path(__file__).resolve().parent.parent / "scenarios" / "bots" / "payment.toml"}"\n'
+        "seed = 3\n"
+        '[[cases]]\nname = "ok"\nconversations = 7\ntimeout_s = 2\ndelay_s = 0.1\n'
+        'expect = { outcome = "success", status = 200 }\n'
+        '[[cases]]\nname = "late"\nconversations = 2\ntimeout_s = 1\ndelay_s = 1.6\n'
+        'expect = { outcome = "failure", status = 410 }\n')
+    first, second = serve(pg_url, tmp_path / "a.log"), serve(pg_url, tmp_path / "b.log")
+    try:
+        def run(*targets: str, out: Path) -> None:
+            done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(scenario), "--out", str(out),
+                                   *[part for url in targets for part in ("--target", url)]],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+
+        run(first.url, second.url, out=tmp_path / "two.csv")
+        # 9 conversations: 5 started on the first gate, 4 on the second; each called through the other.
+        assert (_metric(first.url, "harness_waits_opened_total"), _metric(second.url, "harness_waits_opened_total")) == (5, 4)
+        assert (_metric(first.url, "harness_webhook_calls_total"), _metric(second.url, "harness_webhook_calls_total")) == (4, 5)
+        run(first.url, out=tmp_path / "one.csv")
+        assert _metric(first.url, "harness_webhook_calls_total") == 4 + 9
+    finally:
+        first.stop()
+        second.stop()
+    import pandas as pd
+
+    one, two = (pd.read_csv(tmp_path / name).sort_values(["case", "conversation"])[RUN_COLUMNS].reset_index(drop=True)
+                for name in ("one.csv", "two.csv"))
+    pd.testing.assert_frame_equal(one, two)
+    assert list(two["outcome"]) == ["failure"] * 2 + ["success"] * 7  # sorted by case: late, then ok
