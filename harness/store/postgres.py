@@ -10,11 +10,16 @@ any number of gate processes on any number of machines (SPEC §13).
   plus ``UPDATE conversations … WHERE version = <the version we read>`` in one transaction; if
   either touches no row another process got there first, the transaction rolls back and
   :meth:`commit` answers False (the gate then re-reads the real state to answer 410 or 409).
-* **One clock: the database's.** At connect the store measures the database's
-  ``clock_timestamp()`` against this process's clock; :meth:`wall_time` is this process's time
-  corrected by that difference, so every process maps its trio clock onto the database's, whatever
-  its own wall clock says. Deadlines, ``opened_at``, ``resolved_at`` and late calls' ``at`` are all
-  on that clock, so processes whose clocks differ agree on which call was late.
+* **One clock: the database's.** A :class:`DatabaseClock` maps this process's trio clock onto
+  the database's ``clock_timestamp()``, whatever this machine's wall clock says. Deadlines,
+  ``opened_at``, ``resolved_at`` and late calls' ``at`` are all on it, so processes whose clocks
+  differ agree on which call was late. The mapping is measured at connect and again every
+  :data:`CLOCK_CHECK_EVERY_S` (a monotonic clock drifts against the database's by up to 100 ppm
+  without NTP — seconds a day — and stops while a machine or VM is suspended): a small error is
+  slewed away (at most :data:`MAX_SLEW` s per s, so the mapped time never runs backwards and
+  timers already armed move by milliseconds), a forward jump past :data:`STEP_S` is taken at once
+  (waits it made overdue are then claimed at the next poll). Signature freshness stays on this
+  process's wall clock (SPEC §17.8).
 * **Orphaned deadlines.** Every process arms timers for the waits it knows, and once a second
   (:meth:`overdue_waits`) claims overdue open waits nobody resolved — their process died, or the
   database was down — with ``FOR UPDATE SKIP LOCKED`` on a partial index of open deadlines and a
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -50,7 +56,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["PostgresStore", "SCHEMA_VERSION"]
+__all__ = ["DatabaseClock", "PostgresStore", "SCHEMA_VERSION"]
 
 log = logging.getLogger("harness.store.postgres")
 
@@ -64,6 +70,9 @@ STATEMENT_TIMEOUT_MS = 3000
 POOL_WAIT_S = 3.0  # waiting for a free connection; with the timeouts above a call fails within ≈ 4 s
 ORPHAN_LEASE_S = 2.0  # a process that claimed overdue waits has this long before others may claim them
 CLOCK_SAMPLES = 5
+CLOCK_CHECK_EVERY_S = 60.0  # re-measure the database's clock this often (seconds of trio time)
+MAX_SLEW = 0.005  # a small clock error is corrected at most this fast (seconds per second)
+STEP_S = 0.5  # the mapping is this far behind the database's clock: catch up at once
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS harness_schema (version integer NOT NULL);
@@ -167,7 +176,7 @@ class PostgresStore:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S + POOL_WAIT_S)
             with self._pool.connection() as connection:
                 version = self._create_schema(connection)
-                self._skew = self._measure_skew(connection)
+                self._skew = _database_minus(connection, time.time)[1]
         except self._errors as error:
             self._pool.close()
             raise ValueError(f"{shown}: cannot use the database: {_reason(error)}") from None
@@ -177,6 +186,7 @@ class PostgresStore:
                              f"harness knows ({SCHEMA_VERSION}); upgrade the harness")
         self._limiter = trio.CapacityLimiter(pool_size)
         self._clock: WallClock | None = None
+        self._next_clock_check = -math.inf
         self._bots: dict[str, Bot] = {}
         self._seen: OrderedDict[str, Conversation] = OrderedDict()  # our own copies, least recently used first
 
@@ -189,24 +199,13 @@ class PostgresStore:
             row = connection.execute("SELECT max(version) FROM harness_schema").fetchone()
         return int(row[0]) if row and row[0] is not None else SCHEMA_VERSION
 
-    @staticmethod
-    def _measure_skew(connection: psycopg.Connection[Any]) -> float:
-        """The database's clock minus ours, from the sample with the shortest round trip."""
-        best: tuple[float, float] | None = None
-        for _ in range(CLOCK_SAMPLES):
-            before = time.time()
-            row = connection.execute("SELECT extract(epoch FROM clock_timestamp())::double precision").fetchone()
-            after = time.time()
-            assert row is not None
-            sample = (after - before, float(row[0]) - (before + after) / 2)
-            if best is None or sample[0] < best[0]:
-                best = sample
-        assert best is not None
-        return best[1]
-
     def wall_time(self) -> float:
-        """Unix seconds on the database's clock (this process's clock, corrected)."""
+        """Unix seconds on the database's clock, as measured at connect (this process's clock, corrected)."""
         return time.time() + self._skew
+
+    def new_clock(self) -> DatabaseClock:
+        """The clock a gate on this store keeps (see :func:`harness.store.store_clock`)."""
+        return DatabaseClock(self.wall_time)
 
     def bind(self, clock: WallClock) -> None:
         self._clock = clock
@@ -473,6 +472,7 @@ class PostgresStore:
         holds for :data:`ORPHAN_LEASE_S`, so live processes split a backlog between them; a
         claimer that dies leaves its claims to the others once the lease ends.
         """
+        await self._follow_database_clock()
         cutoff = self.clock.unix(now)
 
         def claim(connection: psycopg.Connection[Any]) -> list[tuple[str, int]]:
@@ -509,9 +509,87 @@ class PostgresStore:
 
         return await self._run(count, read_only=True)
 
+    async def _follow_database_clock(self) -> None:
+        """Re-measure the database's clock every :data:`CLOCK_CHECK_EVERY_S` and correct the
+        gate's mapping towards it (called from the once-a-second poll for overdue waits). Real time
+        only: under ``MockClock`` the mapping is virtual by design."""
+        clock = self._clock
+        if not isinstance(clock, DatabaseClock) or scripts_run_inline():
+            return
+        now = trio.current_time()
+        if now >= self._next_clock_check:
+            self._next_clock_check = now + CLOCK_CHECK_EVERY_S
+            trio_minus_perf = trio.current_time() - time.perf_counter()  # constant under trio's SystemClock
+            round_trip, database_minus_perf = await self._run(
+                lambda connection: _database_minus(connection, time.perf_counter), read_only=True)
+            # A sample slower than STEP_S says little about the clock: left out.
+            if round_trip < STEP_S and clock.aim(database_minus_perf - trio_minus_perf, now):
+                self._seen.clear()  # cached copies hold trio times on the old mapping
+                log.warning("the database's clock is ahead of this process's mapping; caught up at once")
+        clock.slew(now)
+
     async def probe(self) -> None:
         """Raise :class:`StoreUnavailable` unless the database answers now."""
         await self._run(lambda connection: connection.execute("SELECT 1").fetchone(), read_only=True)
+
+
+class DatabaseClock(WallClock):
+    """trio's clock mapped onto the database's (SPEC §13.2), kept on it while the process runs.
+
+    :meth:`unix` and :meth:`from_unix` use one offset, fixed at the first reading like
+    :class:`WallClock`'s, then moved by :meth:`aim` (a new measurement) and :meth:`slew` (a small
+    step towards it, at most :data:`MAX_SLEW` seconds per second, so the mapped time of "now" only
+    moves forward). :meth:`signing_time` stays on this process's wall clock (SPEC §17.8).
+    """
+
+    def __init__(self, wall: Callable[[], float]) -> None:
+        super().__init__(wall)
+        self._target: float | None = None
+        self._slewed_at = 0.0
+
+    @property
+    def offset(self) -> float:
+        """Database unix seconds minus trio seconds, as the mapping has it now."""
+        return self._fixed_offset()
+
+    def aim(self, measured_offset: float, now: float) -> bool:
+        """Take a new measurement of the offset; True if the mapping jumped forward to it at once."""
+        if measured_offset - self.offset > STEP_S:
+            self._offset, self._target = measured_offset, None
+            return True
+        self._target, self._slewed_at = measured_offset, now
+        return False
+
+    def slew(self, now: float) -> None:
+        """Move the offset towards the last measurement, by at most :data:`MAX_SLEW` per second passed."""
+        if self._target is None:
+            return
+        room = MAX_SLEW * max(0.0, now - self._slewed_at)
+        error = self._target - self.offset
+        self._offset = self.offset + max(-room, min(room, error))
+        self._slewed_at = now
+        if abs(error) <= room:
+            self._target = None
+
+    def signing_time(self) -> float:
+        if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            return super().signing_time()
+        return time.time()
+
+
+def _database_minus(connection: psycopg.Connection[Any], reading: Callable[[], float]) -> tuple[float, float]:
+    """``(round trip, database's clock minus reading())`` from the quickest of a few round trips."""
+    best: tuple[float, float] | None = None
+    for _ in range(CLOCK_SAMPLES):
+        before = reading()
+        row = connection.execute("SELECT extract(epoch FROM clock_timestamp())::double precision").fetchone()
+        after = reading()
+        assert row is not None
+        sample = (after - before, float(row[0]) - (before + after) / 2)
+        if best is None or sample[0] < best[0]:
+            best = sample
+    assert best is not None
+    return best
 
 
 def _insert_waits(connection: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
