@@ -77,3 +77,37 @@ async def test_a_process_whose_mapping_fell_behind_catches_up_and_times_waits_ou
     assert 0 <= row[2] <= 2.0
     await opener.close()
     await store.close()
+
+
+def stored_open_waits(url: str) -> int:
+    with psycopg.connect(url) as connection:
+        row = connection.execute("SELECT count(*) FROM waits WHERE outcome IS NULL").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_the_open_wait_count_is_kept_by_every_process_without_a_scan(pg_url: str, autojump_clock) -> None:
+    """Two gates on one database: starts, calls through the other gate, a second call for a
+    resolved wait, timeouts — the count the live page shows always matches the waits table."""
+    stores = [open_store(pg_url), open_store(pg_url)]
+    first, second = (Gate(public_url=PUBLIC_URL, store=store, clock=store_clock(store)) for store in stores)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        await nursery.start(second.run)
+        await first.add_bot(webhook_bot(timeout_s=30))
+        keys = [(await gate.start_conversation("pay")).key for gate in (first, second) * 6]
+        assert [await first.open_wait_count(), await second.open_wait_count(), stored_open_waits(pg_url)] == [12] * 3
+        for key in keys[:3]:
+            await second.deliver("pay", "wait", {"conversation_key": key, "data": {"amount": 1}})
+        with pytest.raises(Exception, match="not waiting|already"):
+            await first.deliver("pay", "wait", {"conversation_key": keys[0], "data": {"amount": 2}})
+        assert [await first.open_wait_count(), stored_open_waits(pg_url)] == [9, 9]
+        await trio.sleep(31)
+        assert [await second.open_wait_count(), stored_open_waits(pg_url)] == [0, 0]
+        nursery.cancel_scope.cancel()
+    with psycopg.connect(pg_url) as connection:
+        plan = "\n".join(row[0] for row in connection.execute(
+            "EXPLAIN SELECT coalesce(sum(value), 0) FROM open_wait_counts").fetchall())
+    assert "waits" not in plan.replace("open_wait_counts", "")  # the count never reads the waits table
+    for store in stores:
+        await store.close()
