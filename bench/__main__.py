@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import sys
 
-from . import engines, http_throughput, live, retention_memory, scaleout, timer_lateness, virtual_time, waits_memory
+from . import (
+    cli_startup,
+    dashboard,
+    engines,
+    http_throughput,
+    live,
+    retention_memory,
+    scaleout,
+    scripts,
+    sweep,
+    timer_lateness,
+    virtual_time,
+    waits_memory,
+)
 
-BENCHMARKS = [virtual_time, engines, live, http_throughput, scaleout, waits_memory, timer_lateness, retention_memory]
+BENCHMARKS = [cli_startup, virtual_time, engines, sweep, live, http_throughput, scaleout, waits_memory, timer_lateness,
+              retention_memory, scripts, dashboard]
 
 
 def main() -> None:

@@ -1,11 +1,19 @@
-"""The ``harness`` command: serve, run, validate, report (SPEC §5).
+"""The ``harness`` command: serve, run, validate, report (SPEC §5, §16), delays (§15.7).
 
-Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input file is invalid.
+Exit codes: 0 all good; 1 an expectation or threshold failed; 2 an input (file, option) is
+invalid; 130 interrupted by Ctrl+C (SIGINT), 143 by SIGTERM.
+
+Messages are plain text, printed as written (:func:`say`): a bracket in a file name, a TOML
+table name (``[[cases]]``) or a mapping path (``data.items[0]``) is never read as markup. Rich
+draws only the summary tables and the progress bar, from ``Text`` objects. Each command imports
+what it needs when it runs, so ``harness --help`` and ``harness validate`` load neither pandas,
+numpy nor Quart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -13,32 +21,53 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from concurrent.futures import Executor
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 
-from .core.bots import Bot, InvalidBot, load_bot
-from .gc_tuning import keep_long_lived_state_out_of_gc
+from ._groups import leaves
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     import pandas as pd
+    from rich.console import Console
     from rich.table import Table
 
+    from .core.bots import Bot
     from .runner.report import CaseResult
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # help is plain text: brackets stay brackets, and rich is not imported for it
     help="A webhook gate for chatbot flows, and a scenario harness that drives it.",
 )
-err = Console(stderr=True, soft_wrap=True)
-# Summary tables are wide; when piped (CI logs, files), do not squeeze them into 80 columns.
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 180)
+
+# typer prints an argument's Python type after its name (`FILE <list[Path]>`); the name says enough.
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign,assignment,misc]
 
 BOT_SUFFIXES = (".toml", ".json")
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def say(text: str) -> None:
+    """Print a message to stderr exactly as written (the one place messages are printed)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def fail(text: str, code: int = 2) -> NoReturn:
+    """Say what is wrong, in one sentence, and exit with ``code`` (2: the input is invalid)."""
+    say(text)
+    raise typer.Exit(code)
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console
+
+    # Summary tables are wide; when piped (CI logs, files), do not squeeze them into 80 columns.
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 180)
 
 
 @app.callback()
@@ -47,9 +76,17 @@ def root() -> None:
 
 
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log line, with the structured fields passed as ``extra``."""
+    """One JSON object per log line, with the structured fields passed as ``extra``.
+
+    ``time`` is ISO 8601 in UTC with microseconds, as the API's timestamps (SPEC §16.3).
+    """
 
     _standard = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        from .core.conversations import iso_timestamp
+
+        return iso_timestamp(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         line = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
@@ -60,18 +97,39 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def _without_server_banner(record: logging.LogRecord) -> bool:
+    """Drop hypercorn's own "Running on …" line: ``harness serve`` prints its banner once."""
+    return not (record.name.startswith("harness.web") and str(record.msg).startswith("Running on"))
+
+
+def setup_logging(level: int) -> None:
+    """JSON lines on stderr, times in UTC, for the server's own log and every library's."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    handler.addFilter(_without_server_banner)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
 def bot_files(paths: list[Path]) -> list[Path]:
-    """Files named directly, plus every ``.toml``/``.json`` file in the folders named."""
+    """Files named directly, plus every ``.toml``/``.json`` file in the folders named.
+
+    A folder with no such file is said (the gate still starts: bots can come through the API).
+    """
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in BOT_SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in BOT_SUFFIXES)
+            if not found:
+                say(f"warning: --bots {path}: no bot files (.toml, .json) in this folder")
+            files.extend(found)
         else:
             files.append(path)
     return files
 
 
 def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
+    from .core.bots import InvalidBot, load_bot
+
     bots: list[Bot] = []
     failed = False
     for path in bot_files(paths):
@@ -79,7 +137,7 @@ def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
             bots.append(load_bot(path))
         except InvalidBot as error:
             failed = True
-            err.print(f"[red]{error}[/red]", highlight=False)
+            say(str(error))
     if failed:
         raise typer.Exit(2)
     return bots
@@ -88,60 +146,68 @@ def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
 @app.command()
 def serve(
     context: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
-    bots: Annotated[list[Path] | None, typer.Option("--bots", help="Bot files or folders to load.")] = None,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on (0: any free port).")] = 8000,
+    bots: Annotated[list[Path] | None, typer.Option(
+        "--bots", metavar="PATH", help="A bot file or a folder of them; repeat for more.")] = None,
     store: Annotated[str, typer.Option(
-        envvar="HARNESS_STORE", show_envvar=True,
+        metavar="STORE", envvar="HARNESS_STORE", show_envvar=True,
         help="memory, sqlite:PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME")] = "memory",
-    public_url: Annotated[str | None, typer.Option(help="Base URL in conversation and webhook URLs.")] = None,
-    max_body: Annotated[int, typer.Option(help="Largest webhook body accepted, in bytes.")] = 1024 * 1024,
+    public_url: Annotated[str | None, typer.Option(
+        metavar="URL", help="Base URL in conversation and webhook URLs.")] = None,
+    max_body: Annotated[int, typer.Option(metavar="BYTES", help="Largest webhook body accepted.")] = 1024 * 1024,
     api_token: Annotated[str | None, typer.Option(
-        envvar="HARNESS_API_TOKEN", show_envvar=True,
+        envvar="HARNESS_API_TOKEN", show_envvar=True, metavar="TOKEN",
         help="Require Authorization: Bearer TOKEN on /, /api/… and /metrics (open the page as /?token=TOKEN).")] = None,
     body_timeout: Annotated[float, typer.Option(
+        metavar="SECONDS",
         help="Seconds a request body may take after its headers; then 408 and the connection closes.")] = 30.0,
     retention: Annotated[float, typer.Option(
+        metavar="SECONDS",
         help="Seconds finished conversations stay in memory (then within 30 s: gone from memory; on SQLite still "
              "readable from disk).")] = 3600.0,
-    log_level: Annotated[str, typer.Option(help="info logs one JSON line per resolution; warning: errors only.")] = "info",
+    log_level: Annotated[str, typer.Option(
+        metavar="LEVEL", help="info logs one JSON line per resolution and per refused call; warning: errors only.")] = "info",
+    graceful_timeout: Annotated[float, typer.Option(
+        metavar="SECONDS",
+        help="On SIGTERM or Ctrl+C, seconds the requests in flight may take to finish (new connections are "
+             "refused meanwhile).")] = 30.0,
     workers: Annotated[int, typer.Option(
+        metavar="N",
         help="Gate processes serving this host and port (needs a shared store: sqlite:PATH or postgresql://…).")] = 1,
     reuse_port: Annotated[bool, typer.Option(hidden=True, help="Listen with SO_REUSEPORT (set by --workers).")] = False,
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        fail(f"--log-level: one of debug, info, warning, error; got {log_level!r}")
+    if max_body < 1:
+        fail("--max-body: must be at least 1 byte")
+    if not 0 < body_timeout < float("inf"):
+        fail("--body-timeout: must be a positive number of seconds")
+    if not 0 <= retention < float("inf"):
+        fail("--retention: must be a number of seconds >= 0")
+    if not 0 <= graceful_timeout < float("inf"):
+        fail("--graceful-timeout: must be a number of seconds >= 0")
+    if not 0 <= port <= 65535:
+        fail(f"--port: must be 0..65535, got {port}")
     import trio
 
     from .core.gate import Gate
+    from .gc_tuning import keep_long_lived_state_out_of_gc
     from .store import open_store, store_clock
     from .web.http_guard import raise_open_file_limit
     from .web.server import serve as serve_gate
 
-    level = logging.getLevelName(log_level.upper())
-    if not isinstance(level, int):
-        err.print(f"--log-level: one of debug, info, warning, error; got {log_level!r}")
-        raise typer.Exit(2)
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    logging.basicConfig(level=level, handlers=[handler])
-    if max_body < 1:
-        err.print("--max-body: must be at least 1 byte")
-        raise typer.Exit(2)
-    if not 0 < body_timeout < float("inf"):
-        err.print("--body-timeout: must be a positive number of seconds")
-        raise typer.Exit(2)
-    if not 0 <= retention < float("inf"):
-        err.print("--retention: must be a number of seconds >= 0")
-        raise typer.Exit(2)
+    setup_logging(level)
     raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
     if workers != 1:
         raise typer.Exit(_serve_workers(context, workers, host, port, store))
     try:
         gate_store = open_store(store)
-    except ValueError as error:
-        err.print(f"--store: {error}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+    except (ValueError, OSError) as error:
+        fail(f"--store {store}: {error}")
     gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention,
                 clock=store_clock(gate_store))
 
@@ -151,27 +217,39 @@ def serve(
             if existing is None:
                 await gate.add_bot(bot)
             elif existing.to_dict() != bot.to_dict():
-                err.print(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
+                say(f"bot {bot.id!r}: the store holds another version; keeping the stored one")
 
     async def stop_requested() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                err.print(f"{signal.Signals(signum).name}: finishing requests in flight, then stopping")
+                say(f"{signal.Signals(signum).name}: finishing requests in flight, then stopping")
                 return
 
+    listening = False
+
     async def main() -> None:
+        nonlocal listening
         await add_bots()
         async with trio.open_nursery() as nursery:
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
-                api_token=api_token, body_timeout=body_timeout, shutdown_trigger=stop_requested,
-                reuse_port=reuse_port))
+                api_token=api_token, body_timeout=body_timeout, graceful_timeout=graceful_timeout,
+                shutdown_trigger=stop_requested, reuse_port=reuse_port))
+            listening = True
             names = ", ".join(bot.id for bot in await gate_store.bots()) or "none"
-            err.print(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop", highlight=False)
+            say(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop")
 
     keep_long_lived_state_out_of_gc()
-    trio.run(main)
-    err.print("stopped")
+    try:
+        trio.run(main)
+    except* OSError as group:
+        if listening:
+            raise
+        bind_error = leaves(group)[0]
+        reason = "address already in use" if getattr(bind_error, "errno", None) == errno.EADDRINUSE else (
+            getattr(bind_error, "strerror", None) or str(bind_error))
+        fail(f"cannot listen on {host}:{port}: {reason}")
+    say("stopped")
 
 
 def _serve_workers(context: typer.Context, workers: int, host: str, port: int, store: str) -> int:
@@ -183,23 +261,20 @@ def _serve_workers(context: typer.Context, workers: int, host: str, port: int, s
     from .web.workers import reserve_address, supervise, worker_command
 
     if workers < 1:
-        err.print("--workers: must be at least 1")
-        return 2
+        fail("--workers: must be at least 1")
     if store == "memory":
-        err.print("--workers: several processes need a shared store (--store sqlite:PATH or postgresql://…); "
-                  "the memory store lives inside one process", highlight=False, markup=False)
-        return 2
+        fail("--workers: several processes need a shared store (--store sqlite:PATH or postgresql://…); "
+             "the memory store lives inside one process")
     try:  # once here, so a wrong or too-new store is one message, not one per worker
         checked = open_store(store)
-    except ValueError as error:
-        err.print(f"--store: {error}", highlight=False, markup=False)
-        return 2
+    except (ValueError, OSError) as error:
+        fail(f"--store {store}: {error}")
     trio.run(checked.close)
     try:
         reserved = reserve_address(host, port)
     except OSError as error:
-        err.print(f"cannot listen on {host}:{port}: {error.strerror or error}", highlight=False, markup=False)
-        return 2
+        reason = "address already in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+        fail(f"cannot listen on {host}:{port}: {reason}")
     with reserved:
         chosen = reserved.getsockname()[1]
         env = dict(os.environ)
@@ -218,18 +293,23 @@ def _serve_workers(context: typer.Context, workers: int, host: str, port: int, s
             else:
                 arguments += [parameter.opts[0], str(value)]
         arguments += ["--port", str(chosen), "--reuse-port"]
-        err.print(f"{workers} workers on http://{host}:{chosen}; Ctrl+C to stop", highlight=False, markup=False)
-        return supervise(lambda: worker_command(arguments), workers, env=env,
-                         say=lambda text: err.print(text, highlight=False, markup=False))
+        say(f"{workers} workers on http://{host}:{chosen}; Ctrl+C to stop")
+        return supervise(lambda: worker_command(arguments), workers, env=env, say=say)
 
 
-def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:
-    """Print one table per scenario and the verdict line (last on stdout); return the verdicts."""
+def _print_summary(frame: pd.DataFrame, loaded: list[Any] | None = None, mode: str = "virtual") -> list[CaseResult]:
+    """Print one table per scenario and the verdict line (last on stdout); return the verdicts.
+
+    ``loaded``: the scenarios run, whose sub-cases left out by their ``modes`` are listed as skipped."""
     from rich.measure import Measurement
 
-    from .runner.report import case_results, verdict_line
+    from .runner.report import case_results, in_run_order, skipped_results, verdict_line
 
+    out = _stdout_console()
     results = case_results(frame)
+    if loaded is not None:
+        skipped = [result for scenario in loaded for result in skipped_results(scenario, mode)]
+        results = in_run_order(loaded, results, skipped)
     scenarios: dict[str, list[CaseResult]] = {}
     for result in results:
         scenarios.setdefault(result.scenario, []).append(result)
@@ -240,8 +320,8 @@ def _print_summary(frame: pd.DataFrame) -> list[CaseResult]:
         if Measurement.get(out, out.options.update_width(1 << 16), table).minimum <= out.width:
             out.print(table)
         else:
-            _print_stacked(scenario, cases)
-    out.print(verdict_line(results), soft_wrap=True, highlight=False, markup=False)
+            _print_stacked(out, scenario, cases)
+    print(verdict_line(results), flush=True)
     return results
 
 
@@ -254,10 +334,15 @@ def _wide_table(scenario: str, cases: list[CaseResult]) -> Table:
                             ("failure", "right"), ("timeout", "right"), ("misattr.", "right"),
                             ("statuses", "left"), ("waited p50/p95", "right"), ("expect", "right"),
                             ("thresholds", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(Text(column), justify=justify)  # type: ignore[arg-type]
     for result in cases:
         row = result.summary
-        cells = (result.case, result.variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
+        variant = ",".join(filter(None, (result.variant, f"party={result.party}" if result.named_party else "")))
+        if result.skipped is not None:
+            table.add_row(Text(result.case), Text(variant), Text("-"), *(Text("") for _ in range(7)),
+                          Text(f"skipped: {result.skipped}"), style="dim")
+            continue
+        cells = (result.case, variant, str(row["n"]), f"{row['success_rate']:.1%}", f"{row['failure_rate']:.1%}",
                  f"{row['timeout_rate']:.1%}", f"{row['misattributed_rate']:.1%}", row["statuses"],
                  f"{row['p50_waited_s']:.2f}/{row['p95_waited_s']:.2f} s", _expectations(row),
                  row["thresholds"].replace("; ", "\n"))
@@ -269,13 +354,16 @@ def _expectations(row: dict[str, object]) -> str:
     return f"{row['expectations']}" + (f" ({row['errors']} errors)" if row["errors"] else "")
 
 
-def _print_stacked(scenario: str, cases: list[CaseResult]) -> None:
+def _print_stacked(out: Console, scenario: str, cases: list[CaseResult]) -> None:
     """The narrow layout: a few short lines per case, nothing cut."""
     from rich.text import Text
 
     out.print(Text(f"scenario {scenario}", style="italic"))
     for result in cases:
         row = result.summary
+        if result.skipped is not None:
+            out.print(Text(f"- {result.label}  skipped: {result.skipped}", style="dim"))
+            continue
         lines = [
             f"{'✓' if result.passed else '✗'} {result.label}  n {row['n']}, expect {_expectations(row)}",
             f"    success {row['success_rate']:.1%}  failure {row['failure_rate']:.1%}  "
@@ -287,54 +375,103 @@ def _print_stacked(scenario: str, cases: list[CaseResult]) -> None:
 
 
 def _scenario_files(paths: list[Path]) -> list[Path]:
+    """The scenario files named, and the ``.toml`` files of the folders named.
+
+    Bots given where scenarios belong get one sentence, not a field error per bot field: a folder
+    (or a file) holding only bots is a common first mistake (``harness run scenarios/bots``).
+    """
+    from .core.bots import read_document
+
+    def is_bot(file: Path) -> bool:
+        try:
+            document = read_document(file)
+        except ValueError:
+            return False  # the scenario loader says what is wrong with it
+        return isinstance(document, dict) and "blocks" in document and "cases" not in document
+
     files: list[Path] = []
     for path in paths:
-        files.extend(sorted(path.glob("*.toml")) if path.is_dir() else [path])
+        found = sorted(path.glob("*.toml")) if path.is_dir() else [path]
+        if path.is_dir() and not found:
+            fail(f"{path}: no scenario files (*.toml) in this folder")
+        if found and all(is_bot(file) for file in found):
+            what = "these are bots" if path.is_dir() else "this is a bot"
+            fail(f"{path}: {what}, not scenarios; run a scenario file that names its bot "
+                 "(bot = \"bots/….toml\"), e.g. harness run scenarios/payment.toml")
+        files.extend(file for file in found if not (path.is_dir() and is_bot(file)))
     return files
+
+
+class _Interruption:
+    """Turns SIGTERM into the Ctrl+C a run already stops for, and remembers which signal came."""
+
+    def __init__(self) -> None:
+        self.signal = signal.SIGINT
+
+    def __enter__(self) -> _Interruption:
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.signal = signal.SIGTERM
+        signal.raise_signal(signal.SIGINT)  # trio (or the default handler) delivers it as KeyboardInterrupt
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED[self.signal]
 
 
 @app.command()
 def run(
-    scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (or folders of them).")],
+    scenarios: Annotated[list[Path], typer.Argument(metavar="SCENARIO", help="Scenario files (or folders of them).")],
     target: Annotated[list[str] | None, typer.Option(
-        help="URL of a live gate; omitted: in-process virtual time. Repeat it for several gates on one store: "
-             "conversations start on each in turn, each call goes to another one.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write every row to this .parquet or .csv file.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
-    concurrency: Annotated[int, typer.Option(help="With --target: requests in flight at most.")] = 64,
+        metavar="URL", help="URL of a live gate; omitted: in-process virtual time. Repeat it for several gates on one "
+                            "store: conversations start on each in turn, each call goes to another one.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every row to this .parquet or .csv file.")] = None,
+    seed: Annotated[int | None, typer.Option(metavar="N", help="Override the scenarios' seeds.")] = None,
+    concurrency: Annotated[int, typer.Option(metavar="N", help="With --target: requests in flight at most.")] = 64,
     api_token: Annotated[str | None, typer.Option(
-        envvar="HARNESS_API_TOKEN", show_envvar=True, help="With --target: the gate's --api-token.")] = None,
+        envvar="HARNESS_API_TOKEN", show_envvar=True, metavar="TOKEN", help="With --target: the gate's --api-token.")] = None,
     workers: Annotated[int | None, typer.Option(
+        metavar="N",
         help="Virtual time: processes to spread sub-cases (and large cases) over (default: one per core for large runs).")] = None,
     driver: Annotated[str, typer.Option(
+        metavar="asgi|core",
         help="Virtual time: asgi drives the real Quart app in process; core the same webhook handling without HTTP.")] = "asgi",
     dask: Annotated[str | None, typer.Option(
         "--dask", metavar="ADDRESS",
         help="Virtual time: spread the work over the Dask cluster at ADDRESS (tcp://host:8786); needs the dask extra.")] = None,
     junit_xml: Annotated[Path | None, typer.Option(
-        "--junit-xml", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
+        "--junit-xml", metavar="FILE", help="Write a JUnit report: one testcase per case or sub-case.")] = None,
     summary_json: Annotated[Path | None, typer.Option(
-        "--summary-json", help="Write the per-case summary as JSON (SPEC §12).")] = None,
+        "--summary-json", metavar="FILE", help="Write the per-case summary as JSON (SPEC §12).")] = None,
+    time_scale: Annotated[float, typer.Option(
+        "--time-scale", metavar="FACTOR", help="Multiply every duration (delays, gaps, retries, arrivals, timeouts, time thresholds) "
+        "by this factor, e.g. 0.1 for a quick live rehearsal.")] = 1.0,
 ) -> None:
-    """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails."""
-    import time
+    """Run scenarios and print a summary per case. Exit 1 if an expectation or threshold fails.
 
-    import pandas as pd
-
-    from .runner import InvalidScenario, RunError, load_scenario, run_loaded_scenario, save_results
-    from .runner.progress import progress_display
-    from .runner.report import write_junit_xml, write_summary_json
-
+    Ctrl+C or SIGTERM stops the run within seconds and still writes --out, --junit-xml and
+    --summary-json for the conversations that finished (exit 130 or 143).
+    """
     if driver not in ("asgi", "core"):
-        err.print(f"--driver: one of asgi, core; got {driver!r}")
-        raise typer.Exit(2)
+        fail(f"--driver: one of asgi, core; got {driver!r}")
+    if not 0 < time_scale < float("inf"):
+        fail(f"--time-scale: a positive number; got {time_scale!r}")
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
-        err.print(f"--out {out}: results go to a .parquet or .csv file")
-        raise typer.Exit(2)
+        fail(f"--out {out}: results go to a .parquet or .csv file")
     for option, report_path in (("--junit-xml", junit_xml), ("--summary-json", summary_json)):
         if report_path is not None and report_path.is_dir():
-            err.print(f"{option} {report_path}: is a folder; give a file name")
-            raise typer.Exit(2)
+            fail(f"{option} {report_path}: is a folder; give a file name")
+    if dask is not None and target is not None:
+        fail("--dask spreads a virtual-time run; it cannot be combined with --target")
+    if concurrency < 1:
+        fail(f"--concurrency: must be at least 1, got {concurrency}")
+    from .runner.scenario import InvalidScenario, load_scenario
+
     loaded, invalid = [], False
     for path in _scenario_files(scenarios):
         try:
@@ -342,40 +479,82 @@ def run(
         except InvalidScenario as error:
             invalid = True
             for line in error.problems:
-                err.print(f"[red]{line}[/red]", highlight=False)
-    if invalid or not loaded:
-        if not loaded and not invalid:
-            err.print("no scenario files given")
+                say(line)
+    if invalid:
         raise typer.Exit(2)
+    if not loaded:
+        fail("no scenario files given")
 
-    if dask is not None and target is not None:
-        err.print("--dask spreads a virtual-time run; it cannot be combined with --target")
-        raise typer.Exit(2)
+    import time
+
+    import pandas as pd
+
+    from .runner import RunError, run_loaded_scenario, save_results, to_frame
+    from .runner.api import runnable
+    from .runner.engine import RunInterrupted
+    from .runner.progress import progress_display
+    from .runner.report import write_junit_xml, write_summary_json
+
+    total = sum(subcase.conversations for scenario in loaded
+                for subcase in runnable(scenario, live=target is not None).subcases)
     frames, durations_s = [], dict[str, float]()
+    interrupted: int | None = None  # the exit code, once a signal stopped the run
     with contextlib.ExitStack() as stack:
+        interruption = stack.enter_context(_Interruption())
         executor = stack.enter_context(_dask_executor(dask)) if dask is not None else None
         for scenario in loaded:
-            total = sum(subcase.conversations for subcase in scenario.subcases)
+            conversations = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
             began = time.monotonic()
-            with progress_display(scenario.name, total, console=err) as progress:
-                try:
+            try:
+                with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
                     frames.append(run_loaded_scenario(scenario, target=target, concurrency=concurrency,
                                                       workers=workers, executor=executor, driver=driver,
-                                                      progress=progress, api_token=api_token))
-                except RunError as error:
-                    err.print(f"[red]{scenario.source}: {error}[/red]", highlight=False)
-                    raise typer.Exit(1) from None
-            durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if out is not None:
-        save_results(frame, out)
-        err.print(f"{len(frame)} rows written to {out}")
-    results = _print_summary(frame)
-    if junit_xml is not None:
-        write_junit_xml(results, junit_xml, durations_s=durations_s)
-    if summary_json is not None:
-        write_summary_json(results, summary_json)
+                                                      progress=progress, api_token=api_token, time_scale=time_scale))
+            except RunError as error:
+                fail(f"{scenario.source}: {error}", 1)
+            except (RunInterrupted, KeyboardInterrupt) as error:
+                if isinstance(error, RunInterrupted) and error.finished:
+                    frames.append(to_frame(error.finished))
+                interrupted = interruption.exit_code
+            finally:
+                durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
+            if interrupted is not None:
+                break
+    with _ignoring_interrupts():  # writing what finished must not be cut short by a second Ctrl+C
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0] if frames else to_frame([])
+        if out is not None:
+            save_results(frame, out)
+            say(f"{len(frame)} rows written to {out}")
+        if interrupted is not None:
+            from .runner.report import case_results
+
+            results = case_results(frame) if len(frame) else []
+            say(f"interrupted: {int((frame['party'] == 0).sum())} of {total} conversations finished")
+        else:
+            results = _print_summary(frame, loaded, "live" if target is not None else "virtual")
+        if junit_xml is not None:
+            write_junit_xml(results, junit_xml, durations_s=durations_s)
+        if summary_json is not None:
+            write_summary_json(results, summary_json, interrupted=interrupted is not None)
+    if interrupted is not None:
+        raise typer.Exit(interrupted)
     raise typer.Exit(0 if all(result.passed for result in results) else 1)
+
+
+@contextlib.contextmanager
+def _ignoring_interrupts() -> Iterator[None]:
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -384,22 +563,21 @@ def _dask_executor(address: str) -> Iterator[Executor]:
     try:
         from distributed import Client
     except ImportError:
-        err.print("--dask needs Dask: python3 -m pip install 'webhook-gate-harness[dask]'")
-        raise typer.Exit(2) from None
+        fail("--dask needs Dask: python3 -m pip install 'webhook-gate-harness[dask]'")
     try:
         client = Client(address, timeout=10)
     except OSError as error:
-        err.print(f"--dask {address}: cannot reach the scheduler: {error}")
-        raise typer.Exit(2) from None
+        fail(f"--dask {address}: cannot reach the scheduler: {error}")
     with client:
         yield client.get_executor()
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="Bot and scenario files (.toml or .json).")]) -> None:
+def validate(files: Annotated[list[Path], typer.Argument(
+        metavar="FILE", help="Bot and scenario files (.toml or .json).")]) -> None:
     """Validate bot and scenario files; list every problem. Exit 0, or 2 if any is invalid."""
-    from .core.bots import parse_bot, read_document
-    from .runner import InvalidScenario, parse_scenario
+    from .core.bots import InvalidBot, parse_bot, read_document
+    from .runner.scenario import InvalidScenario, parse_scenario
 
     invalid = False
     for path in files:
@@ -425,24 +603,44 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Bot and scenario 
         if problems:
             invalid = True
             for line in problems:
-                err.print(f"[red]{line}[/red]", highlight=False)
+                say(line)
         else:
-            out.print(f"{path}: valid {kind}", highlight=False)
+            print(f"{path}: valid {kind}", flush=True)
     raise typer.Exit(2 if invalid else 0)
 
 
 @app.command()
-def report(results: Annotated[Path, typer.Argument(help="A results file from `harness run --out`.")]) -> None:
+def report(results: Annotated[Path, typer.Argument(
+        metavar="RESULTS", help="A results file from `harness run --out` (.parquet or .csv).")]) -> None:
     """Print the summary table of a saved results file. Exit 1 if it records a failure."""
     from .runner import load_results
 
     try:
         frame = load_results(results)
-    except ValueError as error:
-        err.print(str(error))
-        raise typer.Exit(2) from None
+    except (ValueError, OSError) as error:
+        fail(f"{results}: {error}" if str(results) not in str(error) else str(error))
     raise typer.Exit(0 if all(result.passed for result in _print_summary(frame)) else 1)
 
+
+@app.command()
+def delays(
+    store: Annotated[str, typer.Option(help="The gate's store: sqlite:PATH or postgresql://…")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the rows (.csv or .parquet).")],
+    bot: Annotated[str | None, typer.Option(help="Only this bot (exact id).")] = None,
+    block: Annotated[str | None, typer.Option(help="Only this webhook block.")] = None,
+) -> None:
+    """Export every resolved wait as a delay observation (timeouts right-censored). Exit 2 on a bad store."""
+    from .store.export import ExportError, export_delays, write_delays
+
+    try:
+        frame = export_delays(store, bot=bot, block=block)
+        write_delays(frame, out_file)
+    except ExportError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--out {out_file}: cannot be written: {error}")
+    print(f"{len(frame)} waits ({int(frame['censored'].sum())} timed out, "
+          f"{int(frame['late_delay_s'].notna().sum())} with a late call) written to {out_file}")
 
 def main() -> None:
     app()

@@ -8,7 +8,9 @@ files, such as bots, are ignored) and makes one test item per case — per sub-c
 
 Each file runs once, in virtual time (or against ``--harness-target URL``), with the sub-cases
 of its selected items (``-k`` and deselection shrink the run); each item then reports its own
-sub-case. A failing item says which expectations and thresholds failed, with up to five example
+sub-case — each party of a case with several parties is an item of its own
+(``two_events.toml::either_order[party=1]``), and a case whose ``modes`` leave out the run's
+mode is reported as skipped. A failing item says which expectations and thresholds failed, with up to five example
 conversations — the same text as ``harness run --junit-xml``. An invalid scenario file is a
 collection error naming the file, the case, the field and the reason.
 
@@ -83,7 +85,10 @@ class ScenarioFile(pytest.File):
             raise self.CollectError("invalid scenario file:\n" + "\n".join(error.problems)) from None
         self._outcome: Any = None  # the frame, or the exception the run raised
         for subcase in self.scenario.subcases:
-            yield ScenarioItem.from_parent(self, name=_label(subcase.case, subcase.variant), subcase=subcase)
+            several = len(subcase.parties) > 1  # each party is an item of its own (SPEC §14.4)
+            for party in range(len(subcase.parties)):
+                yield ScenarioItem.from_parent(self, name=_label(subcase.case, subcase.variant, party if several else None),
+                                               subcase=subcase, party=party)
 
     def results(self) -> Any:
         """The results frame of this file's selected sub-cases, run on first use."""
@@ -92,8 +97,8 @@ class ScenarioFile(pytest.File):
 
             from .runner import run_loaded_scenario
 
-            selected = [item.subcase for item in self.session.items
-                        if isinstance(item, ScenarioItem) and item.parent is self]
+            selected = list({id(item.subcase): item.subcase for item in self.session.items
+                             if isinstance(item, ScenarioItem) and item.parent is self}.values())
             try:
                 self._outcome = run_loaded_scenario(replace(self.scenario, subcases=selected),
                                                     target=self.config.getoption("harness_target"))
@@ -104,10 +109,10 @@ class ScenarioFile(pytest.File):
         return self._outcome
 
 
-def _label(case: str, variant: str) -> str:
+def _label(case: str, variant: str, party: int | None = None) -> str:
     from .runner.report import case_label
 
-    return case_label(case, variant)
+    return case_label(case, variant, party)
 
 
 class ScenarioItem(pytest.Item):
@@ -115,16 +120,21 @@ class ScenarioItem(pytest.Item):
 
     obj = None  # pytest-trio's trio_mode looks at every item's ``obj`` for a coroutine function
 
-    def __init__(self, *, subcase: Any, **kwargs: Any) -> None:
+    def __init__(self, *, subcase: Any, party: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.subcase = subcase
+        self.party = party
 
     def runtest(self) -> None:
         from .runner.report import case_results
 
         assert isinstance(self.parent, ScenarioFile)
+        mode = "virtual" if self.config.getoption("harness_target") is None else "live"
+        if mode not in self.subcase.modes:
+            pytest.skip(f"modes = {list(self.subcase.modes)}: not run in {mode} mode")
         frame = self.parent.results()
-        rows = frame[(frame["case"] == self.subcase.case) & (frame["variant"] == self.subcase.variant)]
+        rows = frame[(frame["case"] == self.subcase.case) & (frame["variant"] == self.subcase.variant)
+                     & (frame["party"] == self.party)]
         (result,) = case_results(rows)
         for metric in ("n", "success_rate", "failure_rate", "timeout_rate", "late_rate", "p95_waited_s"):
             self.user_properties.append((metric, result.summary[metric]))
@@ -141,4 +151,6 @@ class ScenarioItem(pytest.Item):
         return str(super().repr_failure(excinfo, style=style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.path.name}::{self.name}"
+        # The domain is the item's own name: pytest -v then prints the node id as it is
+        # (`scenarios/payment.toml::late`), not with the file's dots turned into `::`.
+        return self.path, None, self.name

@@ -15,7 +15,7 @@ from harness.testing import ServerProcess
 
 from .conftest import BOTS, ROOT, quick_bot_folder, start, webhook_bot
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("HARNESS_TEST_CHROMIUM", "/usr/bin/chromium"))  # Debian's package
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 HOSTILE_NAME = '<img src=x onerror="document.title=\'pwned\'"><b>bold</b>'
@@ -30,7 +30,8 @@ async def test_snapshot_lists_bots_open_waits_resolutions_and_late_calls(client:
     await trio.sleep(1)
     second = await start(client)
     data = (await client.get("/api/dashboard")).json()
-    assert data["bots"] == [{"id": "pay", "name": "pay", "webhooks": {"wait": "http://gate.test/webhooks/pay/wait"}}]
+    assert data["bots"] == [{"id": "pay", "name": "pay", "webhooks": {"wait": "http://gate.test/webhooks/pay/wait"},
+                            "derived_from": None}]
     assert data["open_waits"]["count"] == 2
     soonest, later = data["open_waits"]["shown"]  # soonest deadline first
     assert soonest["conversation"] == first["conversation_key"][:8] + "…"
@@ -48,7 +49,13 @@ async def test_snapshot_lists_bots_open_waits_resolutions_and_late_calls(client:
                                                                                 ("success", "received")]
     assert data["recent_late_calls"][0]["conversation"] == second["conversation_key"][:8] + "…"
     assert data["counters"] | {"resolved": None} == {"open_waits": 0, "waits_opened": 2, "succeeded": 1,
-                                                     "timed_out": 1, "late_calls": 1, "resolved": None}
+                                                     "timed_out": 1, "late_calls": 1, "resolved": None,
+                                                     "failed": 1, "accepted_calls": 1, "refused_calls": 1}
+    # The refused call is listed (and logged) with its status and error; the key is only linked, never logged.
+    assert [(r["bot"], r["block"], r["status"], r["error"]) for r in data["refused"]] == [("pay", "wait", 410,
+                                                                                            "wait_expired")]
+    assert [(d["status"], d["outcome"]) for d in data["deliveries"]] == [(410, "refused"), (200, "accepted")]
+    assert data["deliveries"][1]["conversation_key"] == first["conversation_key"]
     page = await client.get("/")
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
@@ -59,9 +66,14 @@ async def test_snapshot_lists_bots_open_waits_resolutions_and_late_calls(client:
 
 @pytest.fixture
 def browser_page(tmp_path: Path) -> Iterator[Any]:
+    # Never a silent skip: a machine without the browser fails here and says what to install.
     if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        pytest.fail("the live page is tested in a real browser: install it with `apt-get install -y chromium` "
+                    f"(expected at {CHROMIUM})", pytrace=False)
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("needs Playwright: python3 -m pip install -e '.[test]'", pytrace=False)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -166,3 +178,54 @@ def test_with_an_api_token_the_page_works_from_its_cookie_and_builds_no_token_ur
         assert [url for url in urls[1:] if token in url] == []  # only the first visit carried it
         cookie = next(c for c in page.context.cookies() if c["name"] == "harness_token")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+
+@pytest.mark.slow
+def test_the_page_lists_deliveries_opens_a_conversation_and_folds_derived_bots(tmp_path: Path,
+                                                                                browser_page: Any) -> None:
+    import re
+
+    from playwright.sync_api import expect
+
+    page = browser_page
+    with ServerProcess.harness_serve("--bots", str(BOTS / "payment.toml"), log=tmp_path / "serve.log") as server:
+        derived = httpx.get(f"{server.url}/api/bots/payment").json()
+        derived = {key: value for key, value in derived.items() if key != "webhooks"} | {"id": "payment.t300"}
+        assert httpx.post(f"{server.url}/api/bots", json=derived).status_code == 201
+        page.goto(f"{server.url}/")
+        key = httpx.post(f"{server.url}/api/bots/payment/conversations").json()["conversation_key"]
+        webhook = f"{server.url}/webhooks/payment/wait_payment"
+        assert httpx.post(webhook, json={"conversation_key": "nobody-has-this-key"}).status_code == 404
+        assert httpx.post(webhook, json={"conversation_key": key, "data": {"amount": 42}}).status_code == 200
+        deliveries = page.locator("#deliveries tbody")
+        refused = deliveries.locator("tr", has_text="unknown_conversation")
+        expect(refused).to_contain_text("404")
+        accepted = deliveries.locator("tr", has_text=key[:6])
+        expect(accepted).to_contain_text("200")
+        times = deliveries.locator("td.time")
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", times.first.inner_text())  # 24-hour UTC
+        line_height = refused.locator("td").nth(2).bounding_box()["height"]
+        assert times.first.bounding_box()["height"] <= line_height + 1  # never wraps
+        accepted.click()
+        conversation = page.locator("#conversation")
+        expect(conversation).to_be_visible()
+        expect(conversation.locator("#transcript")).to_contain_text("Thanks, we received 42.")
+        expect(conversation).to_contain_text("received")
+        bots = page.locator("#bots tbody")
+        expect(bots).to_contain_text("payment")
+        expect(bots).not_to_contain_text("payment.t300")  # folded away…
+        expect(page.locator("#derived summary")).to_contain_text("1 derived copy")  # …but still there
+        expect(page.locator("[data-counter='refused calls'] dd")).to_have_text("1")
+        assert page.locator("#rates").bounding_box()["width"] > 100
+
+
+def test_without_chromium_the_browser_tests_fail_and_say_what_to_install(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "api_token", str(Path(__file__))],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "HARNESS_TEST_CHROMIUM": str(tmp_path / "no-chromium")})
+    assert result.returncode == 1 and "skipped" not in result.stdout, result.stdout
+    assert "apt-get install -y chromium" in result.stdout

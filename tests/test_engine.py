@@ -27,7 +27,9 @@ PAYLOAD = {"data": {"amount": 42, "id": "pay_1", "items": [{"sku": "A1"}]}}
 
 
 def same_rows(first: pd.DataFrame, second: pd.DataFrame) -> None:
-    pd.testing.assert_frame_equal(first.drop(columns="conversation_key"), second.drop(columns="conversation_key"))
+    """Equal to the bit, conversation keys included (in-process keys come from the seed, SPEC §15.5)."""
+    pd.testing.assert_frame_equal(first, second)
+    assert first.equals(second)
 
 
 def bot(**webhook: Any) -> dict[str, Any]:

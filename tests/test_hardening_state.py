@@ -156,14 +156,14 @@ def test_a_dead_processes_overdue_waits_are_resolved_by_another_within_a_second(
             dying = Gate(store=SqliteStore(database), clock=wall)
             async with trio.open_nursery() as dies:
                 await dies.start(dying.run)
-                dying.add_bot(webhook_bot(timeout_s=10))
+                await dying.add_bot(webhook_bot(timeout_s=10))
                 await trio.sleep(0.3)
-                keys = [dying.start_conversation("pay").key for _ in range(5)]
+                keys = [(await dying.start_conversation("pay")).key for _ in range(5)]
                 dies.cancel_scope.cancel()  # its scheduler is gone: nobody will fire these deadlines
             deadline = trio.current_time() + 10
             await trio.sleep(10 + ORPHAN_POLL_S + 0.01)
             for key in keys:
-                conversation = survivor.get_conversation(key)
+                conversation = await survivor.get_conversation(key)
                 wait = conversation.waits[0]
                 assert (wait.outcome, wait.reason, wait.waited_s) == ("failure", "timeout", 10.0)
                 assert 0 <= wait.resolved_at - deadline <= ORPHAN_POLL_S  # type: ignore[operator]
@@ -259,10 +259,10 @@ async def snapshot(gate: Gate, keys: list[str], database: Path | None) -> dict[s
     if database is not None:
         fresh = SqliteStore(database)
         fresh.bind(gate.clock)
-        state["on_disk"] = {key: (c.as_dict(gate.clock) if (c := fresh.get_conversation(key)) else None)
+        state["on_disk"] = {key: (c.as_dict(gate.clock) if (c := await fresh.get_conversation(key)) else None)
                             for key in keys}
-        state["on_disk_count"] = fresh._db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
-        fresh.close()
+        state["on_disk_count"] = fresh._connection().execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
+        await fresh.close()
     return state
 
 

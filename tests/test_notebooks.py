@@ -18,10 +18,13 @@ from .conftest import ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Papermill-style: a cell inserted after the one tagged "parameters" shrinks the run for CI.
 SMALL = {
-    "timeout_exploration.ipynb": "conversations = 150\ntimeouts = [5, 30, 120, 300]",
+    "timeout_exploration.ipynb": "conversations = 150\ntimeouts = [5, 30, 120, 300]\nmax_conversations = 300\nfine_points = 4",
     "key_mismatch.ipynb": "conversations = 40",
     "results_from_file.ipynb": "",
-    "fit_processor_delays.ipynb": "conversations = 150\ntimeouts = [120, 150, 180, 210]",
+    "fit_processor_delays.ipynb": "conversations = 150\ntimeouts = [120, 150, 180, 210]\n"
+                                  "decision_timeouts = [60, 120, 180, 240]\ndecision_conversations = 200\nn_boot = 200",
+    "decide_from_gate.ipynb": "conversations = 200\ndecision_timeouts = [2, 4, 8, 16]\nn_boot = 200",
+    "two_events.ipynb": "conversations = 60\ngaps = [-4, -1, 0, 1, 4]",
 }
 
 pytestmark = pytest.mark.slow
@@ -57,3 +60,7 @@ def test_runs_top_to_bottom(path: Path) -> None:
     if path.name == "fit_processor_delays.ipynb":
         text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
         assert "Best fit: lognormal" in text and "observed: " in text  # the shipped data is a lognormal mixture
+        assert "Cost decision (3 € per late payer, 0.002 € per second of waiting): the cheapest timeout is" in text
+    if path.name == "decide_from_gate.ipynb":
+        text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+        assert "Median delay: naive" in text and "Decision: timeout" in text

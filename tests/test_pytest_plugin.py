@@ -6,6 +6,7 @@ import tomllib
 from importlib.metadata import entry_points
 from xml.etree import ElementTree as ET
 
+import pandas  # noqa: F401 — loaded here, not first inside pytester's in-process runs (numpy cannot load twice)
 import pytest
 
 from .conftest import BOTS, ROOT
@@ -63,6 +64,13 @@ def test_one_item_per_case_and_sub_case_bots_and_other_toml_ignored(suite: pytes
     assert result.ret == 0
     ids = [line for line in result.outlines if "::" in line]
     assert ids == ["pay.toml::on_time", "pay.toml::sweep[timeout_s=5]", "pay.toml::sweep[timeout_s=30]"]
+
+
+def test_verbose_ids_read_as_the_file_and_the_case(suite: pytest.Pytester) -> None:
+    result = run(suite, "-v")
+    lines = [line for line in result.outlines if " PASSED" in line or " FAILED" in line]
+    assert lines and all(line.startswith("pay.toml::") for line in lines), lines
+    assert "pay::toml" not in result.stdout.str()
 
 
 def test_a_failing_sub_case_names_its_expectations_with_examples(suite: pytest.Pytester) -> None:

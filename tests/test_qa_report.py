@@ -121,9 +121,7 @@ def test_an_80_column_terminal_gets_stacked_rows_not_cut_words(tmp_path: Path) -
 
 
 def test_a_wide_terminal_keeps_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import cli
-
-    monkeypatch.setattr(cli.out, "width", 200)
+    monkeypatch.setenv("COLUMNS", "200")  # the console is made per run and takes the terminal's width
     result = runner.invoke(app, ["run", str(write(tmp_path, "wide", ON_TIME, LATE_SWEEP))])
     header = next(line for line in result.stdout.splitlines() if "case" in line and "variant" in line)
     assert all(name in header for name in ("success", "misattr.", "waited p50/p95", "thresholds"))

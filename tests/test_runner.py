@@ -29,8 +29,8 @@ def test_same_seed_same_results_other_seed_other_delays() -> None:
          "arrival_rate": 2, "calls": 2, "call_gap_s": 30},
     )
     first, second = run_scenario(document), run_scenario(document)
-    assert not first["conversation_key"].equals(second["conversation_key"])  # keys are fresh secrets…
-    pd.testing.assert_frame_equal(first.drop(columns="conversation_key"), second.drop(columns="conversation_key"))
+    assert first.equals(second)  # to the bit, keys included: in-process gates draw them from the seed
+    assert first["conversation_key"].is_unique
     other = run_scenario(document, seed=2)
     assert not np.allclose(first["delay_s"], other["delay_s"])
 
@@ -147,7 +147,7 @@ signature = []
         "cases[1] (b).expect.outcome: must be success or failure, got 'maybe'",
         "cases[1] (b).expect.status: must be an HTTP status code, got 700",
         "cases[1] (b).thresholds: unknown metric 'p42(waited_s)'; use success_rate, failure_rate, timeout_rate, "
-        "misattributed_rate, late_rate or p50/p95/p99/mean/max of waited_s or delay_s, e.g. p95(waited_s)",
+        "misattributed_rate, late_rate, early_rate or p50/p95/p99/mean/max of waited_s or delay_s, e.g. p95(waited_s)",
         "cases[1] (b).thresholds: 'success_rate ~ 1' is not \"metric op number\" (ops: < <= > >= ==)",
     ]
 
@@ -257,7 +257,8 @@ def test_sharded_run_gives_the_same_rows_as_one_process() -> None:
     )
     single = run_scenario(document, workers=1)
     sharded = run_scenario(document, workers=2)
-    pd.testing.assert_frame_equal(single.drop(columns="conversation_key"), sharded.drop(columns="conversation_key"))
+    assert single.equals(sharded)  # to the bit, conversation keys included (SPEC §15.5)
+    assert single.equals(run_scenario(document, workers=1, driver="core"))
 
 
 def test_first_call_goes_out_exactly_at_the_delay_in_virtual_time() -> None:

@@ -46,6 +46,9 @@ TIMEOUT_RANGE = range(1, 301)
 CONDITION_OPS = ("equals", "not_equals", "exists", "gt", "lt", "contains")
 # Ids appear in URLs (/webhooks/{bot}/{block}), so they keep to characters that need no escaping.
 _ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+# Ids are URL path segments; these two would be resolved away by clients and refused by the
+# server's path check (SPEC §17.1, §17.4), so a bot or block named so could never be called.
+_DOT_SEGMENTS = (".", "..")
 # An HTTP header name (RFC 9110 token characters).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 DEFAULT_KEY_PATH = parse_path("conversation_key")
@@ -203,6 +206,8 @@ def parse_bot(document: Any, source: str | None = None) -> Bot:
     bot_id = document.get("id")
     if not isinstance(bot_id, str) or not _ID.fullmatch(bot_id):
         problems.add(None, "id", "required; 1-128 characters from A-Z a-z 0-9 _ . -")
+    elif bot_id in _DOT_SEGMENTS:
+        problems.add(None, "id", f"{bot_id!r} is not a usable id: a URL path cannot hold it as a segment")
     name = document.get("name", bot_id if isinstance(bot_id, str) else "")
     if not isinstance(name, str):
         problems.add(None, "name", "must be a string")
@@ -234,6 +239,8 @@ def _parse_block(block_id: str, raw: Any, all_blocks: dict[str, Any], problems: 
     count_before = len(problems.items)
     if not _ID.fullmatch(block_id):
         problems.add(block_id, "id", "block ids use 1-128 characters from A-Z a-z 0-9 _ . -")
+    elif block_id in _DOT_SEGMENTS:
+        problems.add(block_id, "id", f"{block_id!r} is not a usable id: a URL path cannot hold it as a segment")
     if not isinstance(raw, dict):
         problems.add(block_id, "block", "must be a table")
         return None

@@ -110,6 +110,11 @@ class Wait:
     def is_open(self) -> bool:
         return self.outcome is None
 
+    def copy(self) -> Wait:
+        # Explicit, not copy.copy: this runs for every wait of every resolution (rollback snapshot).
+        return Wait(self.block, self.opened_at, self.deadline, self.timeout_s, self.outcome, self.reason,
+                    self.resolved_at, self.waited_s)
+
     def expired_at(self, now: float) -> bool:
         """True once the deadline has passed without a valid call, fired timer or not."""
         if self.outcome is None:
@@ -188,7 +193,7 @@ class Conversation:
         return Conversation(
             key=self.key, bot=self.bot, url=self.url, started_at=self.started_at, status=self.status,
             block=self.block, variables=dict(self.variables), transcript=list(self.transcript),
-            waits=[copy.copy(wait) for wait in self.waits], error=self.error, late_calls=list(self.late_calls),
+            waits=[wait.copy() for wait in self.waits], error=self.error, late_calls=list(self.late_calls),
             late_calls_total=self.late_calls_total, early_calls=[copy.copy(early) for early in self.early_calls],
             version=self.version,
         )
@@ -208,7 +213,7 @@ class Conversation:
         values, as nothing changes them in place.
         """
         saved = (self.status, self.block, dict(self.variables), list(self.transcript),
-                 [copy.copy(wait) for wait in self.waits], self.error, list(self.late_calls),
+                 [wait.copy() for wait in self.waits], self.error, list(self.late_calls),
                  self.late_calls_total, [copy.copy(early) for early in self.early_calls])
         try:
             yield

@@ -28,6 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_bot": 422,
     "bot_exists": 409,
     "unknown_bot": 404,
+    "not_found": 404,  # a path not in its canonical spelling (harness.web.http_guard)
     "unauthorized": 401,
     "body_timeout": 408,
     "invalid_request": 400,  # Content-Length with Transfer-Encoding (harness.web.http_guard)

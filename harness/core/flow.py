@@ -19,8 +19,10 @@ and what is left. A step whose budget runs out ends the conversation ``errored``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import trio
@@ -47,38 +49,75 @@ def interpolate(template: str, variables: dict[str, Any]) -> str:
     return PLACEHOLDER.sub(lambda match: as_text(variables.get(match[1])), template)
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> int | float | Decimal | None:
+    """``value`` as an exact number, or None when it is not one.
+
+    Exact, never ``float()``: a 400-digit integer is valid JSON, and converting it to a float
+    overflows (SPEC §17.4). Ints stay ints, text becomes a :class:`~decimal.Decimal`; Python
+    compares ints, floats and Decimals with each other exactly. Non-finite values (``"inf"``,
+    ``"NaN"``) are not numbers here: they compare as text.
+    """
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT:
         try:
-            return float(value)
-        except ValueError:
+            number = Decimal(value)
+        except ArithmeticError:  # decimal.InvalidOperation: not a number
             return None
+        return number if number.is_finite() else None
     return None
 
 
+def _as_comparable(left: Any, right: Any) -> tuple[Any, Any]:
+    """Two numbers made comparable: exact, unless one is a float — then both at float precision
+    (so the form value ``"42.1"`` equals the JSON ``42.1``), an int too large for a float
+    becoming an infinity of its sign instead of raising ``OverflowError``."""
+    if isinstance(left, float) or isinstance(right, float):
+        return _as_float(left), _as_float(right)
+    return left, right
+
+
+def _as_float(number: Any) -> float | None:
+    if number is None:
+        return None
+    try:
+        return float(number)
+    except OverflowError:  # only an int can overflow; Decimals become infinities by themselves
+        return math.inf if number > 0 else -math.inf
+
+
+# Longer text is not taken for a number (a JSON body cannot carry a longer integer anyway: Python
+# refuses to parse one of more than 4300 digits).
+_MAX_NUMBER_TEXT = 5000
+
+
 def evaluate_condition(op: str, actual: Any, expected: Any, present: bool) -> bool:
-    """Decide a ``condition`` block.
+    """Decide a ``condition`` block; never raises for the values' sake.
 
     ``equals``/``not_equals`` compare numbers as numbers (so the form value ``"42"`` equals
-    ``42``) and everything else exactly or by its text; ``gt``/``lt`` need two numbers and are
-    false otherwise; ``contains`` is substring for text and membership for lists; ``exists`` is
-    true when the variable is set to anything but null.
+    ``42``, and ``10**400`` is greater than ``1e308``) and everything else exactly or by its
+    text; ``gt``/``lt`` need two numbers and are false otherwise; ``contains`` is substring for
+    text and membership for lists; ``exists`` is true when the variable is set to anything but
+    null.
+
+    >>> evaluate_condition("gt", 10**400, "1e308", True), evaluate_condition("equals", "1e400", 10**400, True)
+    (True, True)
     """
     if op == "exists":
         return present and actual is not None
     if op in ("equals", "not_equals"):
-        left, right = _number(actual), _number(expected)
+        left, right = _as_comparable(_number(actual), _number(expected))
         if left is not None and right is not None:
             same = left == right
         else:
             same = present and (actual == expected or as_text(actual) == as_text(expected))
         return same if op == "equals" else not same
     if op in ("gt", "lt"):
-        left, right = _number(actual), _number(expected)
+        left, right = _as_comparable(_number(actual), _number(expected))
         if left is None or right is None:
             return False
         return left > right if op == "gt" else left < right
@@ -116,19 +155,24 @@ async def advance(conversation: Conversation, bot: Bot, block_id: str | None, no
     """
     inline = scripts_run_inline()
     engine = _step(conversation, bot, block_id, (lambda: now) if inline else trio.current_time)
+    if inline:
+        return await _drive(engine, copy_variables=False)
     # Shielded: a step cut short (a client hanging up) would leave the conversation `running`
     # for good; the step budget bounds how long the shield can hold.
-    wait: Wait | None = None
-    with trio.CancelScope(shield=not inline):
-        try:
-            script = next(engine)
-            while True:
-                variables = script.variables if inline else dict(script.variables)  # a thread reads it
-                run = await run_script_async(script.code, variables, time_limit_s=script.time_limit_s)
-                script = engine.send(run)
-        except StopIteration as done:
-            wait = done.value
+    with trio.CancelScope(shield=True):
+        wait = await _drive(engine, copy_variables=True)
     return wait
+
+
+async def _drive(engine: Generator[_Script, ScriptRun, Wait | None], *, copy_variables: bool) -> Wait | None:
+    """Feed the engine each script's run until the step ends; return what it returns."""
+    try:
+        script = next(engine)
+        while True:
+            variables = dict(script.variables) if copy_variables else script.variables  # a thread reads a copy
+            script = engine.send(await run_script_async(script.code, variables, time_limit_s=script.time_limit_s))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 def _step(conversation: Conversation, bot: Bot, block_id: str | None,

@@ -507,7 +507,9 @@ class Gate:
             conversation = await self.store.get_conversation(key)
             if conversation is None or conversation.bot != bot_id:
                 raise Refused("unknown_conversation", f"no conversation of bot {bot_id!r} has that key")
-            await self._refuse_if_expired(conversation, block_id, now)
+            latest = conversation.latest_wait_at(block_id)
+            if latest is not None and latest.expired_at(now):
+                await self._refuse_late(conversation, latest, now)
             wait = conversation.open_wait
             if wait is None or wait.block != block_id:
                 if block.early_s > 0 and not conversation.finished and conversation.latest_wait_at(block_id) is None:
@@ -533,15 +535,13 @@ class Gate:
             return None
         return early
 
-    async def _refuse_if_expired(self, conversation: Conversation, block_id: str, now: float) -> None:
-        """``wait_expired`` when the latest wait at the block reached its deadline without a valid call.
+    async def _refuse_late(self, conversation: Conversation, latest: Wait, now: float) -> None:
+        """``wait_expired``: the latest wait at the block reached its deadline without a valid call.
 
         The refused call is recorded as a late call: a customer who acted (paid) but was told
         the flow failed.
         """
-        latest = conversation.latest_wait_at(block_id)
-        if latest is None or not latest.expired_at(now):
-            return
+        block_id = latest.block
         # Never negative: another process's timer may resolve a wait a moment before our clock gets there.
         late = {"block": block_id, "at": now, "after_deadline_s": max(0.0, now - latest.deadline)}
         await self.store.add_late_call(conversation, late)

@@ -22,9 +22,11 @@ over a plain object of variables that goes in as JSON and comes back as JSON.
 
 The time limit counts *CPU* time of the whole process (the binding uses C ``clock()``): it is
 exact for CPU (measured: a runaway loop, a catastrophic regex, a looping ``toJSON`` or getter all
-stop at their limit of CPU to the millisecond), but on a busy machine the wall time is longer,
-and CPU other threads of the process use counts too (so a server runs one script at a time, see
-:mod:`harness.core.flow`). :data:`CPU_SHARE` trims the limit a little so one runaway script
+stop at their limit of CPU to the millisecond), but on a busy machine the wall time is longer.
+Some native operations never check the limit at all (``BigInt`` arithmetic and ``toString`` on
+huge values: seconds each); so in real time scripts run in worker processes that are killed at
+limit + :data:`KILL_GRACE_S` (:func:`run_script_async`), each its own process so that its CPU
+clock is its own script's. :data:`CPU_SHARE` trims the limit a little so one runaway script
 costs ≈ 0.5 s of wall time when the machine is not saturated. The wall time a flow step may
 spend on scripts is bounded separately by the flow's 1 s step budget.
 
@@ -34,16 +36,20 @@ SPEC §8.5), escaped for where they stand, so a variable's value can never becom
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
+import os
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import quickjs
 import trio
-import trio.testing
 
 from .jsonsafe import check_json_value
 
@@ -58,6 +64,7 @@ __all__ = [
     "render_code",
     "run_script",
     "run_script_async",
+    "prestart_script_workers",
     "scripts_run_inline",
 ]
 
@@ -72,7 +79,7 @@ PLACEHOLDER = re.compile(r"\{\{\s*([^{}\n]*?)\s*\}\}")
 _RUNNER = r"""(function (input, code) {
   "use strict";
   var define = Object.defineProperty, describeOwn = Object.getOwnPropertyDescriptor;
-  var freeze = Object.freeze, stringify = JSON.stringify, parse = JSON.parse, toText = String;
+  var freeze = Object.freeze, stringify = JSON.stringify, parse = JSON.parse, toText = String, keys = Object.keys;
   var run = eval;  // an indirect eval: the code runs as a global script, not in this function
   // Lock what the binding touches on an escaping engine error, before any user code runs.
   define(Error, "prepareStackTrace", {value: undefined, writable: false, configurable: false});
@@ -82,13 +89,16 @@ _RUNNER = r"""(function (input, code) {
   define(InternalError.prototype, Symbol.toPrimitive, {writable: false, configurable: false,
     value: function () { var m = this.message; return "InternalError: " + (typeof m === "string" ? m : ""); }});
   var vars = parse(input);
+  var touched = Object.create(null);  // names the script set: the others keep their exact values
   var wn = freeze({
     getConversationVariable: function (name) {
       var found = describeOwn(vars, toText(name));
       return found === undefined ? undefined : found.value;
     },
     setConversationVariable: function (name, value) {
-      define(vars, toText(name), {value: value === undefined ? null : value,
+      name = toText(name);
+      touched[name] = 1;
+      define(vars, name, {value: value === undefined ? null : value,
                                   writable: true, enumerable: true, configurable: true});
     },
   });
@@ -108,7 +118,8 @@ _RUNNER = r"""(function (input, code) {
     }
   }
   // The answer is one flat string made by stringify (the binding cannot read the rope strings
-  // a concatenation may give): a JSON object is the variables, a JSON string is an error.
+  // a concatenation may give): a JSON array [variables, names set] is a success, a JSON string
+  // an error.
   try {
     run(code);
   } catch (error) {
@@ -116,7 +127,7 @@ _RUNNER = r"""(function (input, code) {
   }
   var text;
   try {
-    text = stringify(vars);
+    text = stringify([vars, keys(touched)]);
   } catch (error) {
     return stringify("the variables cannot be read back: " + describe(error));
   }
@@ -178,35 +189,190 @@ def run_script(code: str, variables: dict[str, Any], *, time_limit_s: float = TI
 
 
 async def run_script_async(code: str, variables: dict[str, Any], *, time_limit_s: float = TIME_LIMIT_S) -> ScriptRun:
-    """:func:`run_script` for a server: in real time the script runs off the event loop.
+    """:func:`run_script` for a server: in real time the script runs in a worker *process*.
 
     Under ``MockClock`` (:func:`scripts_run_inline`) it runs inline — no thread or process may
-    let virtual time jump while it works. In real time it runs in a worker thread (the binding
-    releases the GIL while JavaScript runs), one script at a time per process.
+    let virtual time jump while it works, and virtual time stays exact and fast.
+
+    In real time it runs in one of :data:`SCRIPT_WORKERS` prestarted, reused worker processes
+    (:class:`_ScriptPool`). Why processes: quickjs-ng does not consult its interrupt handler
+    inside some native operations (``BigInt`` arithmetic and ``toString`` on huge values run for
+    seconds), and a thread cannot be stopped. A worker whose script overruns its limit by
+    :data:`KILL_GRACE_S` is killed and replaced, and the script fails as a time-limit error
+    (SPEC §17.3). Each worker is its own process, so the engine's CPU-time limit is the
+    script's own, and scripts of other conversations run on the other workers meanwhile.
     """
     if scripts_run_inline():
         return run_script(code, variables, time_limit_s=time_limit_s)
-    run = functools.partial(run_script, code, variables, time_limit_s=time_limit_s)
-    return await trio.to_thread.run_sync(run, limiter=_script_limiter())
+    return await _pool().run(code, variables, time_limit_s)
 
 
 def scripts_run_inline() -> bool:
     """True under trio's ``MockClock``: a worker would let virtual time jump while it works."""
-    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    from trio.testing import MockClock  # here: trio.testing imports pytest, which a worker does not need
+
+    return isinstance(trio.lowlevel.current_clock(), MockClock)
 
 
-_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("harness_script_limiter")
+def prestart_script_workers() -> None:
+    """Start this trio run's worker processes now (a server calls it at start), not at the first script."""
+    if not scripts_run_inline():
+        _pool()
 
 
-def _script_limiter() -> trio.CapacityLimiter:
-    """One script at a time per process: the engine's limit counts the CPU time of the whole
-    process, so scripts running side by side would eat each other's limits."""
+# Worker processes per trio run (the machine's cores are few; each runs one script at a time).
+SCRIPT_WORKERS = 2
+# How far past its limit a script may run before its worker is killed (≤ 0.5 s, SPEC §17.3).
+KILL_GRACE_S = 0.35
+_POOL: trio.lowlevel.RunVar[_ScriptPool] = trio.lowlevel.RunVar("harness_script_pool")
+
+
+def _pool() -> _ScriptPool:
     try:
-        return _LIMITER.get()
+        return _POOL.get()
     except LookupError:
-        limiter = trio.CapacityLimiter(1)
-        _LIMITER.set(limiter)
-        return limiter
+        pool = _ScriptPool(SCRIPT_WORKERS)
+        _POOL.set(pool)
+        trio.lowlevel.spawn_system_task(pool.keep, name="harness script workers")
+        return pool
+
+
+_CORE_DIR = os.path.dirname(os.path.abspath(__file__))
+# A worker imports this module and nothing else of the package: ``import harness`` would load the
+# runner, pandas and the web side (seconds on a loaded machine), and a runaway script's worker is
+# replaced while other scripts wait. Empty package modules with the right __path__ skip those.
+_WORKER_BOOT = """
+import os, sys, types
+core = sys.argv[1]
+for name, path in (("harness", os.path.dirname(core)), ("harness.core", core)):
+    package = types.ModuleType(name)
+    package.__path__ = [path]
+    sys.modules[name] = package
+from harness.core.js import _worker_main
+_worker_main()
+"""
+
+
+class _Worker:
+    """One worker process: requests and answers are length-prefixed JSON over its stdin/stdout."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        assert process.stdin is not None and process.stdout is not None
+        self.stdin, self.stdout = process.stdin, process.stdout
+        self._buffer = bytearray()
+
+    @classmethod
+    async def start(cls) -> _Worker:
+        process = await trio.lowlevel.open_process([sys.executable, "-c", _WORKER_BOOT, _CORE_DIR],
+                                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        worker = cls(process)
+        await worker.receive()  # "ready": the engine is imported
+        return worker
+
+    async def send(self, message: Any) -> None:
+        data = json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        await self.stdin.send_all(len(data).to_bytes(4, "big") + data)
+
+    async def receive(self) -> Any:
+        header = await self._exactly(4)
+        return json.loads((await self._exactly(int.from_bytes(header, "big"))).decode("utf-8", "surrogatepass"))
+
+    async def _exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            chunk = await self.stdout.receive_some(max(65536, size - len(self._buffer)))
+            if not chunk:
+                raise BrokenPipeError("the script worker exited")
+            self._buffer += chunk
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.kill()
+
+
+class _ScriptPool:
+    """Prestarted worker processes, handed out one script at a time; a runaway one is replaced."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._idle_send, self._idle = trio.open_memory_channel[_Worker](size)
+        self._workers: set[_Worker] = set()
+        self._nursery: trio.Nursery | None = None
+        self._started = trio.Event()
+
+    async def keep(self) -> None:
+        """Own the workers for the trio run's life (a system task); kill them when it ends."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for _ in range(self.size):
+                    nursery.start_soon(self._add_worker)
+                self._started.set()
+                await trio.sleep_forever()
+        finally:
+            for worker in self._workers:
+                worker.kill()
+
+    async def _add_worker(self) -> None:
+        try:
+            worker = await _Worker.start()
+        except (OSError, BrokenPipeError, ValueError):
+            logging.getLogger(__name__).exception("a script worker did not start")
+            return
+        self._workers.add(worker)
+        self._idle_send.send_nowait(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._workers.discard(worker)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._add_worker)
+
+    async def run(self, code: str, variables: dict[str, Any], time_limit_s: float) -> ScriptRun:
+        await self._started.wait()
+        worker = await self._idle.receive()
+        started = time.perf_counter()
+        answer: Any = None
+        try:
+            with trio.move_on_after(time_limit_s + KILL_GRACE_S):
+                await worker.send([code, variables, time_limit_s])
+                answer = await worker.receive()
+        except BaseException:
+            self._replace(worker)  # it may be mid-message: never reuse it
+            raise
+        elapsed = time.perf_counter() - started
+        if answer is None:
+            self._replace(worker)
+            return ScriptRun(None, ScriptError(f"time limit of {time_limit_s:g} s exceeded", timed_out=True), elapsed)
+        self._idle_send.send_nowait(worker)
+        after, message, timed_out = answer
+        error = None if message is None else ScriptError(message, timed_out=timed_out)
+        return ScriptRun(after if error is None else None, error, elapsed)
+
+
+def _worker_main() -> None:
+    """A script worker's loop: read a request from stdin, run it, write the answer to stdout."""
+    reader, writer = sys.stdin.buffer, sys.stdout.buffer
+
+    def write(message: Any) -> None:
+        data = json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        writer.write(len(data).to_bytes(4, "big") + data)
+        writer.flush()
+
+    try:
+        write("ready")
+        while header := reader.read(4):
+            request = reader.read(int.from_bytes(header, "big"))
+            code, variables, time_limit_s = json.loads(request.decode("utf-8", "surrogatepass"))
+            run = run_script(code, variables, time_limit_s=time_limit_s)
+            write([run.variables, None if run.error is None else str(run.error),
+                   run.error is not None and run.error.timed_out])
+    except (BrokenPipeError, KeyboardInterrupt):  # the server went away, or Ctrl+C reached the group
+        pass
+
 
 def _run(code: str, variables: dict[str, Any], time_limit_s: float) -> dict[str, Any]:
     context = quickjs.Context()
@@ -228,13 +394,32 @@ def _run(code: str, variables: dict[str, Any], time_limit_s: float) -> dict[str,
         raise ScriptError("the variables cannot be read back (nested too deeply)") from None
     if isinstance(payload, str):
         raise _engine_error(payload, time_limit_s)
-    if not isinstance(payload, dict):
+    if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[0], dict)):
         raise ScriptError("the variables cannot be read back")
+    after, touched = payload
     try:
-        check_json_value(payload)
+        check_json_value(after)
     except ValueError as unsafe:
         raise ScriptError(f"a variable cannot be stored: {unsafe}") from None
-    return payload
+    return _keep_exact_integers(variables, after, set(touched))
+
+
+def _keep_exact_integers(before: dict[str, Any], after: dict[str, Any], touched: set[str]) -> dict[str, Any]:
+    """Put back the integers a JavaScript Number cannot hold, unless the script set them.
+
+    Variables travel into the engine as JSON, where every number is a double: a 400-digit integer
+    becomes ``Infinity`` (read back as null) and 2**53 + 1 loses its last digit, though the script
+    never touched them (SPEC §17.4). An int is immutable, so a variable the script did not set
+    still holds the original value.
+    """
+    for name, value in before.items():
+        if type(value) is int and name not in touched and name in after and not _fits_a_double(value):
+            after[name] = value
+    return after
+
+
+def _fits_a_double(value: int) -> bool:
+    return -(2**53) <= value <= 2**53
 
 
 def _engine_error(message: str, time_limit_s: float) -> ScriptError:

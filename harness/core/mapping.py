@@ -18,11 +18,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PayloadPath", "PathSyntaxError", "parse_path"]
+__all__ = ["MAX_INDEX_DIGITS", "PayloadPath", "PathSyntaxError", "parse_path"]
 
 # One dotted segment: a key made of anything but '.', '[' and ']', then zero or more [n] indices.
-_SEGMENT = re.compile(r"(?P<key>[^.\[\]]+)(?P<indices>(?:\[\d+\])*)")
-_INDEX = re.compile(r"\[(\d+)\]")
+_SEGMENT = re.compile(r"(?P<key>[^.\[\]]+)(?P<indices>(?:\[[0-9]+\])*)")
+_INDEX = re.compile(r"\[([0-9]+)\]")
+# An index has at most this many digits (SPEC §17.4): no payload list is longer, and a
+# 5,000-digit index would not even convert to an int.
+MAX_INDEX_DIGITS = 6
 
 
 class PathSyntaxError(ValueError):
@@ -61,5 +64,9 @@ def parse_path(text: str) -> PayloadPath:
                 f"segment {segment!r} in {text!r} is not a key with optional [n] indices"
             )
         steps.append(match["key"])
-        steps.extend(int(index) for index in _INDEX.findall(match["indices"]))
+        for index in _INDEX.findall(match["indices"]):
+            if len(index) > MAX_INDEX_DIGITS:
+                raise PathSyntaxError(f"index [{index[:12]}{'…' if len(index) > 12 else ''}] in segment "
+                                      f"{position + 1} has more than {MAX_INDEX_DIGITS} digits")
+            steps.append(int(index))
     return PayloadPath(text=text, steps=tuple(steps))

@@ -3,13 +3,33 @@
 ``scenario`` validates and expands files, ``distributions`` and ``thresholds`` parse their
 values, ``drivers`` is the seam to a gate (in-process virtual time, or live over HTTP),
 ``engine`` plays the users and third parties, ``results`` types, saves and summarises rows.
+
+The names below load on first use (PEP 562), so validating a scenario
+(``harness.runner.scenario``) does not import pandas, numpy or Quart.
 """
 
-from .api import as_scenario, run_loaded_scenario, run_scenario
-from .drivers import Driver, in_process, live
-from .engine import RunError, execute
-from .results import load_results, save_results, summarize, to_frame
-from .scenario import InvalidScenario, Scenario, SubCase, load_scenario, parse_scenario
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .api import as_scenario, run_loaded_scenario, run_scenario
+    from .drivers import Driver, in_process, live
+    from .engine import RunError, execute
+    from .results import load_results, save_results, summarize, to_frame
+    from .scenario import InvalidScenario, Scenario, SubCase, load_scenario, parse_scenario
+
+# public name -> the module that defines it
+_HOMES = {
+    "as_scenario": ".api", "run_loaded_scenario": ".api", "run_scenario": ".api",
+    "Driver": ".drivers", "in_process": ".drivers", "live": ".drivers",
+    "RunError": ".engine", "execute": ".engine",
+    "load_results": ".results", "save_results": ".results", "summarize": ".results", "to_frame": ".results",
+    "InvalidScenario": ".scenario", "Scenario": ".scenario", "SubCase": ".scenario", "load_scenario": ".scenario",
+    "parse_scenario": ".scenario",
+}
 
 __all__ = [
     "Driver",
@@ -30,3 +50,6 @@ __all__ = [
     "summarize",
     "to_frame",
 ]
+
+
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -11,21 +11,23 @@ import asyncio
 import contextvars
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
 import trio
 
+from .._groups import leaves
 from .distributions import DelayError
 from .drivers import DRIVERS, live
-from .engine import RunError, execute
+from .engine import RunError, RunInterrupted, execute
 from .progress import NO_PROGRESS, NotebookProgress, Progress
 from .results import ResultBlock, to_frame
-from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario
+from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario, time_scaled
 from .shards import auto_workers, run_spread, run_virtual
 
-__all__ = ["run_scenario", "run_loaded_scenario", "as_scenario"]
+__all__ = ["run_scenario", "run_loaded_scenario", "as_scenario", "runnable"]
 
 T = TypeVar("T")
 
@@ -41,6 +43,14 @@ def as_scenario(path_or_dict: str | Path | dict[str, Any] | Scenario, *, seed: i
     if isinstance(path_or_dict, dict):
         return parse_scenario(path_or_dict, base_dir=Path.cwd(), source="<dict>", seed=seed)
     return load_scenario(path_or_dict, seed=seed)
+
+
+def runnable(scenario: Scenario, *, live: bool) -> Scenario:
+    """The scenario with only the sub-cases whose ``modes`` include the run's mode (SPEC §16.4)."""
+    mode = "live" if live else "virtual"
+    if all(mode in subcase.modes for subcase in scenario.subcases):
+        return scenario
+    return replace(scenario, subcases=[subcase for subcase in scenario.subcases if mode in subcase.modes])
 
 
 def _outside_any_event_loop(function: Callable[[], T]) -> T:
@@ -65,8 +75,13 @@ def run_loaded_scenario(
     driver: str = "asgi",
     progress: Progress = NO_PROGRESS,
     api_token: str | None = None,
+    time_scale: float = 1.0,
 ) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario`.
+
+    Only the sub-cases whose ``modes`` include this run's mode run (``"live"`` with a
+    ``target``, else ``"virtual"``): the others have no rows (:func:`~harness.runner.report.skipped_results`
+    names them). ``time_scale`` multiplies every duration of the scenario (:func:`time_scaled`).
 
     ``progress`` hears of every conversation that starts and finishes (see
     :mod:`harness.runner.progress`); the callbacks are called once per conversation too, when its
@@ -74,6 +89,7 @@ def run_loaded_scenario(
     """
     if driver not in DRIVERS:
         raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
+    scenario = runnable(time_scaled(scenario, time_scale), live=target is not None)
     on_started, on_done = on_conversation_started, on_conversation_done
     if progress is not NO_PROGRESS:
 
@@ -92,17 +108,13 @@ def run_loaded_scenario(
         return _run(scenario, target, on_started, on_done, concurrency, workers, executor, driver, api_token)
     except* DelayError as group:
         # A delay callable's bad output is found while drawing, inside trio's nurseries: say it plainly.
-        raise InvalidScenario([str(error) for error in _leaves(group)]) from None
+        raise InvalidScenario([str(error) for error in leaves(group)]) from None
     except* RunError as group:
-        raise _leaves(group)[0] from None
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    """The exceptions in a (nested) exception group, in order."""
-    leaves: list[BaseException] = []
-    for error in group.exceptions:
-        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return leaves
+        raise leaves(group)[0] from None
+    except* (RunInterrupted, KeyboardInterrupt) as group:
+        # Ctrl+C: whatever finished goes back with the interruption, as one exception.
+        done = [block for error in leaves(group) if isinstance(error, RunInterrupted) for block in error.finished]
+        raise RunInterrupted(done) from None
 
 
 def _run(scenario: Scenario, target: str | Sequence[str] | None, on_started: Callable[[], None] | None,
@@ -136,6 +148,7 @@ def run_scenario(
     driver: str = "asgi",
     progress: bool = False,
     api_token: str | None = None,
+    time_scale: float = 1.0,
 ) -> pd.DataFrame:
     """Run a scenario and return one row per conversation (see :mod:`harness.runner.results`).
 
@@ -149,6 +162,9 @@ def run_scenario(
     seed. ``driver`` picks how a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in
     process) or ``"core"`` (the same webhook handling without HTTP framing; same rows, faster).
     ``progress=True`` shows a bar of conversations started and finished (a widget in Jupyter).
+    ``time_scale=0.1`` runs every duration (delays, gaps, retries, arrivals, timeouts, time
+    thresholds) at a tenth: a live rehearsal of a long suite in a fraction of its time.
+    A case whose ``modes`` leave out this run's mode (virtual, or live with ``target``) has no rows.
     Raises ``InvalidScenario`` listing every problem::
 
         frame = run_scenario("scenarios/payment.toml")
@@ -157,8 +173,8 @@ def run_scenario(
     scenario = as_scenario(path_or_dict, seed=seed)
     if not progress:
         return run_loaded_scenario(scenario, target=target, workers=workers, executor=executor, driver=driver,
-                                   api_token=api_token)
-    total = sum(subcase.conversations for subcase in scenario.subcases)
+                                   api_token=api_token, time_scale=time_scale)
+    total = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
     with NotebookProgress(scenario.name, total) as bar:
         return run_loaded_scenario(scenario, target=target, workers=workers, executor=executor, driver=driver,
-                                   progress=bar, api_token=api_token)
+                                   progress=bar, api_token=api_token, time_scale=time_scale)

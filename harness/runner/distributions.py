@@ -30,14 +30,14 @@ Beyond the parametric families:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # numpy, pandas and cloudpickle load when a delay is drawn or read: `harness validate` stays light
+    import numpy as np
 
 __all__ = [
     "DISTS",
@@ -66,7 +66,7 @@ DELAY_FILE_SUFFIXES = (".csv", ".parquet")
 # Inline value lists longer than this are labelled by their size, not their values.
 _SHORT_LIST = 5
 
-DelayFunction = Callable[[np.random.Generator, int], Any]
+DelayFunction = Callable[["np.random.Generator", int], Any]
 """``f(rng, size)`` → ``size`` delays in seconds (NaN: the call never comes)."""
 
 
@@ -76,7 +76,7 @@ class DelayError(ValueError):
 
 def is_finite_number(value: Any) -> bool:
     """An int or float, not a bool, not NaN or infinite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or math.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ class Delay:
         # Sub-cases travel to worker processes pickled. A function defined in a notebook or a
         # `python -c` script lives in a __main__ the workers cannot import, so it goes by value.
         if self.dist == "callable":
+            import cloudpickle
+
             return _unpickle_callable, (cloudpickle.dumps(dict(self.params)["function"]), self.where)
         return Delay, (self.dist, self.params, self.where)
 
@@ -140,6 +142,8 @@ class Delay:
         Deterministic in ``rng``'s state and ``size``; the draws for conversation ``i`` are
         element ``i``, so a shard of conversations takes a slice of the whole draw.
         """
+        import numpy as np
+
         p = dict(self.params)
         if self.dist == "never":
             return np.full(size, np.nan)
@@ -170,6 +174,8 @@ class Delay:
     @staticmethod
     def _sample_mixture(rng: np.random.Generator, size: int, weights: tuple[float, ...],
                         components: tuple[Delay, ...]) -> np.ndarray:
+        import numpy as np
+
         probabilities = np.asarray(weights, dtype=float) / float(np.sum(weights))
         which = rng.choice(len(components), size=size, p=probabilities)
         delays = np.empty(size)
@@ -182,6 +188,8 @@ class Delay:
         return delays
 
     def _sample_callable(self, rng: np.random.Generator, size: int, function: DelayFunction) -> np.ndarray:
+        import numpy as np
+
         name = f"{self.where}: callable {_function_name(function)}"
         try:
             raw = function(rng, size)
@@ -198,6 +206,8 @@ class Delay:
 
 
 def _unpickle_callable(function: bytes, where: str) -> Delay:
+    import cloudpickle
+
     return Delay("callable", (("function", cloudpickle.loads(function)),), where)
 
 
@@ -331,6 +341,9 @@ def _parse_empirical(raw: dict[str, Any], base_dir: Path) -> Delay:
 
 
 def _inline_observations(values: Any) -> tuple[float, ...]:
+    import numpy as np
+    import pandas as pd
+
     if isinstance(values, (np.ndarray, pd.Series)):
         array = np.asarray(values)
         if array.ndim != 1 or array.dtype.kind not in "iuf":
@@ -349,6 +362,8 @@ def _inline_observations(values: Any) -> tuple[float, ...]:
 
 def _check_observations(values: np.ndarray, at: Callable[[int], str], *, what: str | None = None) -> None:
     """Refuse negative and infinite delays, naming the first; with ``what``, refuse no delays at all."""
+    import numpy as np
+
     for bad, reason in ((values < 0, "negative delay"), (np.isinf(values), "infinite delay")):
         found = np.flatnonzero(bad)
         if found.size:
@@ -382,6 +397,9 @@ def read_delay_file(path: Path, column: str | None, *, shown_as: str | None = No
 @functools.lru_cache(maxsize=16)
 def _read_delay_file(path: str, column: str | None, shown_as: str, _mtime_ns: int,
                      _size: int) -> tuple[tuple[float, ...], str]:
+    import numpy as np
+    import pandas as pd
+
     name = f"file {shown_as}"
     csv = path.lower().endswith(".csv")
     try:

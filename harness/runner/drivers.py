@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import h11
@@ -97,17 +98,29 @@ class Observed:
     # (block, outcome, reason, waited_s) per wait, in order
     waits: list[tuple[str, str | None, str | None, float | None]]
     variables: dict[str, Any]
+    open_deadline_in: float | None = None  # seconds until the open wait's deadline (None: no wait open)
 
     @classmethod
     def of(cls, conversation: Conversation) -> Observed:
         waits: list[tuple[str, str | None, str | None, float | None]] = [
             (w.block, w.outcome, w.reason, w.waited_s) for w in conversation.waits]
-        return cls(conversation.status, waits, conversation.variables)
+        open_wait = conversation.open_wait  # an in-process gate's deadlines are on trio's clock
+        due_in = None if open_wait is None else open_wait.deadline - trio.current_time()
+        return cls(conversation.status, waits, conversation.variables, due_in)
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> Observed:
         waits = [(w["block"], w["outcome"], w["reason"], w["waited_s"]) for w in document.get("waits", [])]
-        return cls(document["status"], waits, document.get("variables", {}))
+        due_in = None
+        for wait in document.get("waits", []):
+            if wait["outcome"] is None and wait.get("deadline"):
+                due_in = _unix(wait["deadline"]) - time.time()
+        return cls(document["status"], waits, document.get("variables", {}), due_in)
+
+
+def _unix(iso: str) -> float:
+    """Unix seconds of the gate's ISO 8601 UTC timestamps (``2026-11-24T21:40:00.123456Z``)."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 class CoreClient:

@@ -3,13 +3,21 @@
 The ``harness run`` command and the pytest plugin both build their output here, so a failure
 reads the same in a terminal, in a JUnit report and in a pytest report:
 
-- :func:`case_results` — the results frame → one :class:`CaseResult` per (scenario, case, variant);
+- :func:`case_results` — the results frame → one :class:`CaseResult` per (scenario, case, variant,
+  party), plus :func:`skipped_results` for the sub-cases a run's mode leaves out (``modes``);
 - :func:`verdict_line` — ``"3 scenarios, 31 cases: 2 failed (payment/late, signatures/stale)"``;
 - :func:`summary_json` — the SPEC §12 document (``null``, never ``NaN``);
 - :func:`junit_xml` — one ``<testcase>`` per case or sub-case, failures with the same message.
 
 A sub-case is named ``case[variant]`` (``sweep[timeout_s=30]``), and within a run
-``scenario/case[variant]``, the way pytest names the item ``file.toml::case[variant]``.
+``scenario/case[variant]``, the way pytest names the item ``file.toml::case[variant]``. Each
+party of a case with several parties is an item of its own, named with ``party=N`` after the
+variant: ``capture[party=1]``, ``gap[parties[1].delay_s=2,party=1]`` (SPEC §14.4).
+
+A skipped item (its case's ``modes`` leave out this run's mode, SPEC §16.4) counts as neither
+passed nor failed: the verdict line ends with ``, 1 skipped``, JUnit gets ``<skipped/>``, and its
+summary JSON entry has ``"skipped": true`` (``"passed": true``, ``n`` 0, every figure ``null``);
+every other entry has ``"skipped": false``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import pandas as pd
 from .results import summarize_rows, threshold_verdicts
 from .thresholds import AGGREGATES, RATE_METRICS, metric_mask, parse_threshold
 
-__all__ = ["CaseResult", "ThresholdResult", "case_results", "verdict_line", "summary_json", "write_summary_json",
+__all__ = ["CaseResult", "ThresholdResult", "case_results", "skipped_results", "in_run_order", "verdict_line", "summary_json", "write_summary_json",
            "junit_xml", "write_junit_xml", "case_label", "MAX_EXAMPLES"]
 
 MAX_EXAMPLES = 5  # example conversations in a failure message
@@ -53,6 +61,9 @@ class CaseResult:
     thresholds: list[ThresholdResult]
     message: str = ""  # why it failed (empty when it passed): expectations, thresholds, examples
     examples: list[dict[str, Any]] = field(default_factory=list)
+    party: int = 0
+    named_party: bool = False  # the case has several parties: the item's name says which
+    skipped: str | None = None  # why it did not run (its case's modes), None when it ran
 
     @property
     def passed(self) -> bool:
@@ -60,8 +71,8 @@ class CaseResult:
 
     @property
     def label(self) -> str:
-        """``case`` or ``case[variant]``: the name pytest and JUnit give it."""
-        return case_label(self.case, self.variant)
+        """``case``, ``case[variant]`` or ``case[variant,party=N]``: the name pytest and JUnit give it."""
+        return case_label(self.case, self.variant, self.party if self.named_party else None)
 
     @property
     def name(self) -> str:
@@ -74,8 +85,10 @@ class CaseResult:
         return {
             "case": self.case,
             "variant": self.variant,
+            "party": self.party,
             "n": int(summary["n"]),
             "passed": self.passed,
+            "skipped": self.skipped is not None,
             **{metric: _number(summary[metric]) for metric in RATE_METRICS},
             "waited_s": {aggregate: _number(summary[f"{aggregate}_waited_s"]) for aggregate in AGGREGATES},
             "thresholds": [{"expr": t.expr, "value": t.value, "passed": t.passed} for t in self.thresholds],
@@ -86,9 +99,15 @@ class CaseResult:
         }
 
 
-def case_label(case: str, variant: str) -> str:
-    """``case`` for a plain case, ``case[variant]`` for a sub-case of a sweep."""
-    return f"{case}[{variant}]" if variant else case
+def case_label(case: str, variant: str, party: int | None = None) -> str:
+    """``case`` for a plain case, ``case[variant]`` for a sub-case of a sweep, and with
+    ``party=N`` after the variant for one party of a case with several.
+
+    >>> case_label("gap", "parties[1].delay_s=2", 1), case_label("capture", "", 0)
+    ('gap[parties[1].delay_s=2,party=1]', 'capture[party=0]')
+    """
+    parts = [part for part in (variant, None if party is None else f"party={party}") if part]
+    return f"{case}[{','.join(parts)}]" if parts else case
 
 
 def _number(value: Any) -> float | None:
@@ -99,16 +118,45 @@ def _number(value: Any) -> float | None:
 
 
 def case_results(frame: pd.DataFrame) -> list[CaseResult]:
-    """One :class:`CaseResult` per (scenario, case, variant) of a results frame, in run order."""
+    """One :class:`CaseResult` per (scenario, case, variant, party) of a results frame, in run order."""
     results = []
-    for (scenario, case, variant), rows in frame.groupby(["scenario", "case", "variant"], observed=True, sort=False):
+    if "party" not in frame.columns:
+        frame = frame.assign(party=0)
+    parties = frame.groupby(["scenario", "case", "variant"], observed=True, sort=False)["party"].nunique()
+    for (scenario, case, variant, party), rows in frame.groupby(["scenario", "case", "variant", "party"],
+                                                                observed=True, sort=False):
         verdicts = threshold_verdicts(rows)
         summary = summarize_rows(rows, verdicts)
         thresholds = [ThresholdResult(text, _number(value), ok) for text, ok, value in verdicts]
         examples = [] if summary["passed"] else _examples(rows, thresholds)
         message = "" if summary["passed"] else _failure_message(rows, summary, thresholds, examples)
-        results.append(CaseResult(str(scenario), str(case), str(variant or ""), summary, thresholds, message, examples))
+        results.append(CaseResult(str(scenario), str(case), str(variant or ""), summary, thresholds, message, examples,
+                                  party=int(party), named_party=bool(parties[(scenario, case, variant)] > 1)))
     return results
+
+
+def skipped_results(scenario: Any, mode: str) -> list[CaseResult]:
+    """The items of ``scenario``'s sub-cases whose ``modes`` leave out ``mode`` (``"virtual"``/``"live"``)."""
+    results = []
+    for subcase in scenario.subcases:
+        if mode in subcase.modes:
+            continue
+        why = f"modes = {list(subcase.modes)}: not run in {mode} mode"
+        named = len(subcase.parties) > 1
+        for party in range(len(subcase.parties)):
+            summary = {"n": 0, "passed": True, "statuses": "-", "expectations": "-", "errors": 0, "thresholds": "-",
+                       **{metric: math.nan for metric in RATE_METRICS},
+                       **{f"{aggregate}_waited_s": math.nan for aggregate in AGGREGATES}}
+            results.append(CaseResult(scenario.name, subcase.case, subcase.variant, summary, [], "", [],
+                                      party=party, named_party=named, skipped=why))
+    return results
+
+
+def in_run_order(scenarios: list[Any], ran: list[CaseResult], skipped: list[CaseResult]) -> list[CaseResult]:
+    """``ran`` and ``skipped`` items merged in the order their scenarios list them."""
+    position = {(s.name, sub.case, sub.variant): (n, sub.index) for n, s in enumerate(scenarios) for sub in s.subcases}
+    return sorted([*ran, *skipped], key=lambda r: (*position.get((r.scenario, r.case, r.variant), (len(scenarios), 0)),
+                                                     r.party))
 
 
 def _failure_message(rows: pd.DataFrame, summary: dict[str, Any], thresholds: list[ThresholdResult],
@@ -193,20 +241,28 @@ def _plural(count: int, word: str) -> str:
 def verdict_line(results: list[CaseResult]) -> str:
     """``"1 scenario, 2 cases: all passed"`` / ``"3 scenarios, 31 cases: 2 failed (payment/late, …)"``.
 
-    Sub-cases count one by one; at most :data:`MAX_NAMED_FAILURES` failures are named.
+    Sub-cases and parties count one by one; at most :data:`MAX_NAMED_FAILURES` failures are
+    named; skipped items are counted and named at the end (``…: all passed, 1 skipped
+    (payment/just_in_time)``).
 
     >>> verdict_line([])
     '0 scenarios, 0 cases: all passed'
     """
     scenarios = len({result.scenario for result in results})
     counts = f"{_plural(scenarios, 'scenario')}, {_plural(len(results), 'case')}"
-    failed = [result.name for result in results if not result.passed]
+    failed = [result.name for result in results if not result.passed and result.skipped is None]
+    skipped = [result.name for result in results if result.skipped is not None]
+    tail = f", {len(skipped)} skipped ({', '.join(_named(skipped))})" if skipped else ""
     if not failed:
-        return f"{counts}: all passed"
-    named = failed[:MAX_NAMED_FAILURES]
-    if len(failed) > len(named):
-        named.append(f"+{len(failed) - len(named)} more")
-    return f"{counts}: {len(failed)} failed ({', '.join(named)})"
+        return f"{counts}: all passed{tail}"
+    return f"{counts}: {len(failed)} failed ({', '.join(_named(failed))}){tail}"
+
+
+def _named(names: list[str]) -> list[str]:
+    named = names[:MAX_NAMED_FAILURES]
+    if len(names) > len(named):
+        named.append(f"+{len(names) - len(named)} more")
+    return named
 
 
 def summary_json(results: list[CaseResult]) -> dict[str, Any]:
@@ -224,12 +280,19 @@ def summary_json(results: list[CaseResult]) -> dict[str, Any]:
     }
 
 
-def write_summary_json(results: list[CaseResult], path: str | Path) -> None:
-    """Write :func:`summary_json` (creating missing folders); ``allow_nan=False`` guarantees strict JSON."""
+def write_summary_json(results: list[CaseResult], path: str | Path, *, interrupted: bool = False) -> None:
+    """Write :func:`summary_json` (creating missing folders); ``allow_nan=False`` guarantees strict JSON.
+
+    ``interrupted``: the run was stopped (SPEC §16.2); the summary covers what finished and says so.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    document = summary_json(results) | {"interrupted": interrupted}
+    if interrupted:
+        document["passed"] = False  # what finished may pass; the run as asked did not
+        document["verdict"] = f"interrupted; of the conversations that finished: {document['verdict']}"
     with path.open("w", encoding="utf-8") as file:
-        json.dump(summary_json(results), file, indent=2, allow_nan=False, ensure_ascii=False)
+        json.dump(document, file, indent=2, allow_nan=False, ensure_ascii=False)
         file.write("\n")
 
 
@@ -247,6 +310,9 @@ def junit_xml(results: list[CaseResult], *, durations_s: dict[str, float] | None
         if suite is None:
             suite = suites[result.scenario] = ET.SubElement(root, "testsuite", name=result.scenario)
         testcase = ET.SubElement(suite, "testcase", classname=result.scenario, name=result.label)
+        if result.skipped is not None:
+            ET.SubElement(testcase, "skipped", message=result.skipped)
+            continue
         properties = ET.SubElement(testcase, "properties")
         for metric in ("n", *RATE_METRICS, "p95_waited_s"):
             value = result.summary[metric]
@@ -259,10 +325,12 @@ def junit_xml(results: list[CaseResult], *, durations_s: dict[str, float] | None
         cases = [r for r in results if r.scenario == name]
         suite.set("tests", str(len(cases)))
         suite.set("failures", str(sum(not r.passed for r in cases)))
+        suite.set("skipped", str(sum(r.skipped is not None for r in cases)))
         suite.set("errors", "0")
         suite.set("time", f"{durations_s.get(name, 0.0):.3f}")
     root.set("tests", str(len(results)))
     root.set("failures", str(sum(not r.passed for r in results)))
+    root.set("skipped", str(sum(r.skipped is not None for r in results)))
     root.set("errors", "0")
     root.set("time", f"{sum(durations_s.values()):.3f}")
     ET.indent(root)

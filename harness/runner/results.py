@@ -1,9 +1,16 @@
 """Results: one row per conversation as a typed pandas DataFrame, saved as Parquet or CSV.
 
-Columns (SPEC §6 and a few more): ``scenario, case, variant, conversation, conversation_key,
-bot, block, conversations, timeout_s, delay_s, key, calls, call_gap_s, signature,
-arrival_rate, started_at_s, first_call_s, statuses, first_status, late_calls, outcome, reason, waited_s,
-resolved_by, conversation_status, expected_outcome, expected_status, passed, failure, thresholds, error``.
+Columns (SPEC §6, §14.3 and a few more): ``scenario, case, variant, party, conversation,
+conversation_key, bot, block, conversations, timeout_s, delay_s, key, calls, call_gap_s, signature,
+arrival_rate, started_at_s, first_call_s, statuses, first_status, held, late_calls, outcome, reason,
+waited_s, resolved_by, conversation_status, expected_outcome, expected_status, passed, failure,
+thresholds, error``.
+
+One row per conversation and party: ``party`` is the party's 0-based index (0 for a case
+without ``parties``), ``block`` and ``timeout_s`` are that party's, and the outcome columns
+describe its calls and the conversation's first wait at its block — ``reason`` is
+``never_opened`` (``outcome`` empty, ``waited_s`` NaN) when the flow never reached that block.
+``held`` is true when the party's first call was answered 202 (held early, SPEC §14.1).
 
 Text columns with few values are categoricals; counts that may be missing are nullable
 ``Int64``; ``passed`` is a nullable boolean (NA for exploratory cases); ``statuses`` lists
@@ -32,12 +39,12 @@ __all__ = ["COLUMNS", "ResultBlock", "to_frame", "save_results", "load_results",
 
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
                "conversation_status", "expected_outcome", "thresholds")
-_NULLABLE_INTS = ("conversations", "timeout_s", "calls", "first_status", "late_calls", "resolved_by", "expected_status")
+_NULLABLE_INTS = ("party", "conversations", "timeout_s", "calls", "first_status", "late_calls", "resolved_by", "expected_status")
 _FLOATS = ("delay_s", "call_gap_s", "arrival_rate", "started_at_s", "first_call_s", "waited_s")
 _STRINGS = ("conversation_key", "statuses", "failure", "error")
-COLUMNS = ("scenario", "case", "variant", "conversation", "conversation_key", "bot", "block", "conversations",
-           "timeout_s", "delay_s", "key", "calls", "call_gap_s", "signature", "arrival_rate", "started_at_s",
-           "first_call_s", "statuses", "first_status", "late_calls", "outcome", "reason", "waited_s", "resolved_by", "conversation_status",
+COLUMNS = ("scenario", "case", "variant", "party", "conversation", "conversation_key", "bot", "block",
+           "conversations", "timeout_s", "delay_s", "key", "calls", "call_gap_s", "signature", "arrival_rate",
+           "started_at_s", "first_call_s", "statuses", "first_status", "held", "late_calls", "outcome", "reason", "waited_s", "resolved_by", "conversation_status",
            "expected_outcome", "expected_status", "passed", "failure", "thresholds", "error")
 
 
@@ -53,7 +60,7 @@ class ResultBlock:
     length: int
     constants: dict[str, Any]
     columns: dict[str, Any] = field(default_factory=dict)
-    sort_key: tuple[int, int] = (0, 0)  # (sub-case position, first conversation): where it goes
+    sort_key: tuple[int, ...] = (0, 0, 0)  # (sub-case position, party, first conversation): where it goes
 
     def frame(self) -> pd.DataFrame:
         """The block as untyped columns; -1 in ``resolved_by``/``passed`` and 0 in ``first_status`` mean none."""
@@ -99,6 +106,8 @@ def _apply_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = frame[column].astype("string")
     frame["conversation"] = frame["conversation"].astype("int64")
     frame["passed"] = frame["passed"].astype("boolean")
+    frame["party"] = frame["party"].fillna(0)  # files written before parties: one party, index 0
+    frame["held"] = frame["held"].astype("boolean").fillna(False).astype(bool)
     frame["statuses"] = frame["statuses"].fillna("")
     return frame
 
@@ -181,6 +190,7 @@ def summarize_rows(rows: pd.DataFrame, verdicts: list[tuple[str, bool, float]] |
         "scenario": first.get("scenario"),
         "case": first.get("case"),
         "variant": first.get("variant"),
+        "party": int(first.get("party", 0)) if len(rows) else 0,
         "n": len(rows),
         **{metric: metric_value(metric, rows) for metric in RATE_METRICS},
         "statuses": _status_counts(rows["statuses"]),
@@ -195,7 +205,7 @@ def summarize_rows(rows: pd.DataFrame, verdicts: list[tuple[str, bool, float]] |
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (scenario, case, variant): rates, statuses, waits, expectations, thresholds.
+    """One row per (scenario, case, variant, party): rates, statuses, waits, expectations, thresholds.
 
     Columns: ``scenario, case, variant, n``, the rates ``success_rate, failure_rate,
     timeout_rate, misattributed_rate, late_rate``, ``statuses`` (``"200×18 410×2"``),
@@ -203,5 +213,5 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     ``thresholds`` (``"✓ success_rate >= 0.9 (0.95)"``), ``thresholds_ok``, ``errors`` and
     ``passed`` (all of it held).
     """
-    grouped = frame.groupby(["scenario", "case", "variant"], observed=True, sort=False)
+    grouped = frame.groupby(["scenario", "case", "variant", "party"], observed=True, sort=False)
     return pd.DataFrame.from_records([summarize_rows(rows) for _, rows in grouped])

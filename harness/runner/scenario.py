@@ -18,15 +18,18 @@ from typing import Any
 
 from ..core.bots import DEFAULT_KEY_PATH, TIMEOUT_RANGE, Bot, InvalidBot, is_integer, load_bot, parse_bot, read_document
 from .distributions import Delay, DelayError, is_finite_number, number_label, parse_delay
-from .thresholds import Threshold, ThresholdError, parse_threshold
+from .thresholds import RATE_METRICS, Threshold, ThresholdError, parse_threshold
 
 __all__ = [
     "KEY_MODES",
     "SIGNATURE_MODES",
     "SWEEPABLE",
     "Expectation",
+    "MODES",
+    "Party",
     "Retry",
     "SubCase",
+    "time_scaled",
     "Scenario",
     "InvalidScenario",
     "load_scenario",
@@ -37,9 +40,15 @@ KEY_MODES = ("correct", "missing", "empty", "wrong_type", "random", "other")
 SIGNATURE_MODES = ("valid", "missing", "wrong", "stale")
 SWEEPABLE = ("conversations", "timeout_s", "delay_s", "key", "calls", "call_gap_s", "signature", "arrival_rate")
 ENCODINGS = ("json", "form")
-CASE_FIELDS = (*SWEEPABLE, "name", "block", "payload", "encoding", "expect", "thresholds", "retry")
+MODES = ("virtual", "live")  # in-process virtual time; real time against a live gate (--target)
+# What a third party is (SPEC §14.2): a `[[cases.parties]]` table takes these, the rest is the case's.
+PARTY_FIELDS = ("block", "timeout_s", "delay_s", "key", "calls", "call_gap_s", "payload", "signature", "retry",
+                "encoding", "expect", "thresholds")
+PARTY_SWEEPABLE = tuple(name for name in SWEEPABLE if name in PARTY_FIELDS)
+CASE_FIELDS = (*SWEEPABLE, "name", "block", "payload", "encoding", "expect", "thresholds", "retry", "parties", "modes")
 RETRY_ON = ("non-2xx", "5xx")
 MAX_RETRIES = 100
+MAX_PARTIES = 20
 DEFAULTS: dict[str, Any] = {
     "conversations": 100,
     "timeout_s": None,  # the block's own timeout
@@ -54,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "expect": None,
     "thresholds": [],
     "retry": None,
+    "modes": list(MODES),
 }
 MAX_CONVERSATIONS = 1_000_000
 MAX_CALLS = 1000
@@ -95,15 +105,13 @@ class Retry:
 
 
 @dataclass(frozen=True)
-class SubCase:
-    """One concrete combination of a case's values: what the runner actually drives."""
+class Party:
+    """One third party of a sub-case (SPEC §14.2): which block it calls, when, how, and what it expects.
 
-    case: str
-    variant: str
-    index: int  # position among all sub-cases of the scenario
-    case_index: int  # position of its case in the file; seeds the random stream
+    A case without ``[[cases.parties]]`` has exactly one, made of the case's own fields.
+    """
+
     block: str
-    conversations: int
     timeout_s: int  # effective: the override, or the block's own
     timeout_overridden: bool
     delay: Delay
@@ -111,12 +119,55 @@ class SubCase:
     calls: int
     call_gap_s: float
     signature: str
-    arrival_rate: float | None
     payload: dict[str, Any]
     encoding: str  # "json" or "form" (application/x-www-form-urlencoded)
     expect: Expectation | None
     thresholds: tuple[Threshold, ...]
     retry: Retry | None = None
+
+
+@dataclass(frozen=True)
+class SubCase:
+    """One concrete combination of a case's values: what the runner actually drives.
+
+    ``parties`` are the third parties of each conversation (one for a case without
+    ``parties``); the properties ``block``, ``timeout_s``, ``delay``, ``key`` and ``expect`` read
+    the first party's, which is the whole story for a single-party case.
+    """
+
+    case: str
+    variant: str
+    index: int  # position among all sub-cases of the scenario
+    case_index: int  # position of its case in the file; seeds the random stream
+    conversations: int
+    arrival_rate: float | None
+    parties: tuple[Party, ...]
+    modes: tuple[str, ...] = MODES
+    time_scale: float = 1.0  # drawn delays are multiplied by it (see :func:`time_scaled`)
+
+    @property
+    def block(self) -> str:
+        return self.parties[0].block
+
+    @property
+    def timeout_s(self) -> int:
+        return self.parties[0].timeout_s
+
+    @property
+    def delay(self) -> Delay:
+        return self.parties[0].delay
+
+    @property
+    def key(self) -> str:
+        return self.parties[0].key
+
+    @property
+    def expect(self) -> Expectation | None:
+        return self.parties[0].expect
+
+    def timeouts(self) -> tuple[tuple[str, int], ...]:
+        """The sorted ``(block, timeout_s)`` overrides this sub-case's bot needs (empty: the bot as written)."""
+        return tuple(sorted({(p.block, p.timeout_s) for p in self.parties if p.timeout_overridden}))
 
 
 @dataclass
@@ -169,6 +220,8 @@ def parse_scenario(document: Any, *, base_dir: Path | None = None, source: str =
     for key in defaults:
         if key not in CASE_FIELDS or key == "name":
             problem(f"defaults.{key}", "unknown case field")
+        elif key == "parties":
+            problem("defaults.parties", "parties belong to a case: list them under its [[cases.parties]]")
     cases = document.get("cases")
     if not isinstance(cases, list) or not cases or not all(isinstance(c, dict) for c in cases):
         problem("cases", "needs at least one [[cases]] table")
@@ -188,11 +241,12 @@ def parse_scenario(document: Any, *, base_dir: Path | None = None, source: str =
         for key in case:
             if key not in CASE_FIELDS:
                 problem(f"{where}.{key}", "unknown case field")
-        merged = {**DEFAULTS, **{k: v for k, v in defaults.items() if k in CASE_FIELDS},
+        merged = {**DEFAULTS, **{k: v for k, v in defaults.items() if k in CASE_FIELDS and k != "parties"},
                   **{k: v for k, v in case.items() if k in CASE_FIELDS}}
         subcases.extend(_expand(case_name, position, merged, bot, len(subcases),
                                 lambda f, r, w=where: problem(f"{w}.{f}", r),
-                                base_dir=base_dir or Path.cwd(), where=f"{source}: {where}"))
+                                base_dir=base_dir or Path.cwd(), where=f"{source}: {where}",
+                                case_sets_block="block" in case))
 
     if problems:
         raise InvalidScenario(problems)
@@ -214,117 +268,231 @@ def _load_scenario_bot(raw: Any, base_dir: Path, problem: Any) -> Bot | None:
 
 
 def _expand(case_name: str, case_index: int, merged: dict[str, Any], bot: Bot | None, first_index: int,
-            problem: Any, *, base_dir: Path, where: str) -> list[SubCase]:
-    """Validate one case's fields and expand its sweeps into sub-cases.
+            problem: Any, *, base_dir: Path, where: str, case_sets_block: bool = False) -> list[SubCase]:
+    """Validate one case's fields (and its parties') and expand its sweeps into sub-cases.
 
     ``base_dir`` resolves delay files; ``where`` (``file: cases[i] (name)``) names the case in
-    errors a delay function raises when it is drawn, long after loading.
+    errors a delay function raises when it is drawn, long after loading. A party's field is
+    named ``parties[N].field`` when the party sets it; a field it inherits, by the case's name.
     """
     errors: list[str] = []
+    reported: set[tuple[str, str]] = set()
 
     def bad(field_name: str, reason: str) -> None:
         errors.append(field_name)
-        problem(field_name, reason)
+        if (field_name, reason) not in reported:  # a case field inherited by several parties: said once
+            reported.add((field_name, reason))
+            problem(field_name, reason)
 
-    choices: dict[str, list[Any]] = {}
-    for name in SWEEPABLE:
-        raw = merged[name]
+    def parse_choices(name: str, raw: Any, label: str) -> list[Any]:
         raw_values = raw if isinstance(raw, list) else [raw]
         if isinstance(raw, list) and not raw:
-            bad(name, "an empty list sweeps nothing")
-            continue
+            bad(label, "an empty list sweeps nothing")
+            return []
         parsed = []
         for value in raw_values:
             try:
                 parsed.append(_parse_field(name, value, base_dir))
             except ValueError as error:
-                bad(name, str(error))
-        choices[name] = parsed
-    choices["delay_s"] = [replace(delay, where=f"{where}.delay_s") for delay in choices.get("delay_s", [])]
-    delay_labels = _distinct_labels(choices["delay_s"])
+                bad(label, str(error))
+        if name == "delay_s":
+            parsed = [replace(delay, where=f"{where}.{label}") for delay in parsed]
+        return parsed
 
-    block = merged.get("block")
+    modes = _parse_modes(merged["modes"], bad)
+    raw_parties = merged.get("parties")
+    if raw_parties is None:
+        party_tables: list[dict[str, Any]] = [{}]
+    elif not isinstance(raw_parties, list) or not raw_parties or not all(isinstance(p, dict) for p in raw_parties):
+        bad("parties", "must be one or more [[cases.parties]] tables")
+        party_tables = []
+    elif len(raw_parties) > MAX_PARTIES:
+        bad("parties", f"at most {MAX_PARTIES} parties per case, got {len(raw_parties)}")
+        party_tables = []
+    else:
+        party_tables = raw_parties
+        if case_sets_block:
+            bad("block", "a case with parties names each party's block in its [[cases.parties]] table, not the case's")
+    explicit = raw_parties is not None
+    for position, table in enumerate(party_tables):
+        for key in table:
+            if key not in PARTY_FIELDS:
+                bad(f"parties[{position}].{key}", f"unknown party field; use {', '.join(PARTY_FIELDS)}")
+        if explicit and "block" not in table:
+            bad(f"parties[{position}].block", "required: the webhook block this party calls")
+
+    # Sweep dimensions: the case's sweepable fields (shared by every party that inherits them),
+    # then each party's own; a list makes a dimension with more than one value.
+    dimensions: list[tuple[str, str, int | None, list[Any]]] = []  # (label, field, party or None, values)
+    for name in SWEEPABLE:
+        dimensions.append((name, name, None, parse_choices(name, merged[name], name)))
+    for position, table in enumerate(party_tables):
+        for name in PARTY_SWEEPABLE:
+            if name in table:
+                own_label = f"parties[{position}].{name}"
+                dimensions.append((own_label, name, position, parse_choices(name, table[name], own_label)))
+
+    # The fields that do not sweep, per party: validated once each.
+    fixed: list[dict[str, Any]] = []
+    for position, table in enumerate(party_tables):
+
+        def label(name: str, position: int = position, table: dict[str, Any] = table) -> str:
+            return f"parties[{position}].{name}" if name in table else name
+
+        values: dict[str, Any] = {name: table.get(name, merged.get(name)) for name in PARTY_FIELDS if name not in PARTY_SWEEPABLE}
+        if not explicit:
+            values["block"] = merged.get("block")
+        fixed.append(_party_fixed(values, table, merged, bot, label, bad))
+
+    if errors or bot is None or not party_tables or any(f["block"] is None for f in fixed):
+        return []
+    for label_text, name, _, choices in dimensions:
+        if name == "key" and "other" in choices:
+            conversations = dimensions[0][3]  # `conversations` comes first
+            if conversations and min(conversations) < 2:
+                bad(label_text, "key = \"other\" needs at least 2 conversations (a derangement of the keys)")
+                return []
+
+    swept = [d for d in dimensions if isinstance(merged[d[1]] if d[2] is None else party_tables[d[2]][d[1]], list)]
+    labels = {id(d): (_distinct_labels(d[3]) if d[1] == "delay_s" else None) for d in swept}
+    subcases: list[SubCase] = []
+    for combination in itertools.product(*(d[3] for d in dimensions)):
+        case_values = {d[1]: value for d, value in zip(dimensions, combination) if d[2] is None}
+        own = [{d[1]: value for d, value in zip(dimensions, combination) if d[2] == position}
+               for position in range(len(party_tables))]
+        variant = ",".join(
+            f"{d[0]}={labels[id(d)][id(value)] if labels[id(d)] is not None else number_label(value)}"  # type: ignore[index]
+            for d, value in zip(dimensions, combination) if any(d is s for s in swept))
+        parties = []
+        for position, party_fixed in enumerate(fixed):
+            chosen: dict[str, Any] = {name: own[position].get(name, case_values[name]) for name in PARTY_SWEEPABLE}
+            block_timeout = bot.blocks[party_fixed["block"]].timeout_s
+            timeout = chosen["timeout_s"]
+            parties.append(Party(
+                block=party_fixed["block"],
+                timeout_s=timeout if timeout is not None else block_timeout,
+                timeout_overridden=timeout is not None and timeout != block_timeout,
+                delay=chosen["delay_s"],
+                key=chosen["key"],
+                calls=chosen["calls"],
+                call_gap_s=float(chosen["call_gap_s"]),
+                signature=chosen["signature"],
+                payload=party_fixed["payload"],
+                encoding=party_fixed["encoding"],
+                expect=party_fixed["expect"],
+                thresholds=party_fixed["thresholds"],
+                retry=party_fixed["retry"],
+            ))
+        by_block: dict[str, int] = {}
+        for party in parties:
+            if by_block.setdefault(party.block, party.timeout_s) != party.timeout_s:
+                bad("parties", f"two parties call block {party.block!r} with different timeout_s "
+                    f"({by_block[party.block]} and {party.timeout_s}): a block has one timeout per sub-case")
+                return []
+        subcases.append(SubCase(
+            case=case_name,
+            variant=variant,
+            index=first_index + len(subcases),
+            case_index=case_index,
+            conversations=case_values["conversations"],
+            arrival_rate=case_values["arrival_rate"],
+            parties=tuple(parties),
+            modes=modes,
+        ))
+    return subcases
+
+
+def _party_fixed(values: dict[str, Any], table: dict[str, Any], merged: dict[str, Any], bot: Bot | None,
+                 label: Any, bad: Any) -> dict[str, Any]:
+    """Validate one party's fields that do not sweep (block, payload, encoding, retry, expect,
+    thresholds) and the combinations they must agree with (its key and signature modes)."""
+    block = values["block"]
     if bot is not None:
-        if block is None:
+        if block is None and "block" not in table:
             block = bot.first_webhook()
             if block is None:
                 bad("block", f"bot {bot.id!r} has no webhook block reachable from its start")
         elif not isinstance(block, str) or block not in bot.blocks or bot.blocks[block].type != "webhook":
-            bad("block", f"{block!r} is not a webhook block of bot {bot.id!r}")
-    webhook = (bot.blocks[block] if bot is not None and isinstance(block, str) and block in bot.blocks
-               and bot.blocks[block].type == "webhook" else None)
-    payload = merged["payload"]
-    encoding = merged["encoding"]
+            bad(label("block"), f"{block!r} is not a webhook block of bot {bot.id!r}")
+            block = None
+    webhook = bot.blocks[block] if bot is not None and block is not None else None
+    payload, encoding = values["payload"], values["encoding"]
+    keys = table.get("key", merged["key"])
+    keys = keys if isinstance(keys, list) else [keys]
     if encoding not in ENCODINGS:
-        bad("encoding", f"must be json or form, got {encoding!r}")
+        bad(label("encoding"), f"must be json or form, got {encoding!r}")
     elif encoding == "form":
         if isinstance(payload, dict) and not all(map(_form_value, payload.values())):
-            bad("payload", "with encoding = \"form\", values must be text, numbers, booleans or lists of them")
-        if "wrong_type" in (merged["key"] if isinstance(merged["key"], list) else [merged["key"]]):
-            bad("key", "a form cannot carry a key of the wrong type (form values are text); use encoding = \"json\"")
+            bad(label("payload"), "with encoding = \"form\", values must be text, numbers, booleans or lists of them")
+        if "wrong_type" in keys:
+            bad(label("key"), "a form cannot carry a key of the wrong type (form values are text); use encoding = \"json\"")
     if not isinstance(payload, dict):
-        bad("payload", "must be a table")
+        bad(label("payload"), "must be a table")
     else:
         key_path = webhook.key_path if webhook is not None else DEFAULT_KEY_PATH
         if (key_path.text in payload) if encoding == "form" else key_path.extract(payload)[0]:
-            bad(f"payload.{key_path.text}", "is set by the case's `key` mode; "
-                "leave it out of the payload")
+            bad(f"{label('payload')}.{key_path.text}", "is set by the case's `key` mode; leave it out of the payload")
         elif encoding == "json" and not _writable(payload, key_path.steps):
-            bad("payload", f"the key cannot be written at {key_path.text}: a value on the way is not a table")
-    signatures = merged["signature"] if isinstance(merged["signature"], list) else [merged["signature"]]
+            bad(label("payload"), f"the key cannot be written at {key_path.text}: a value on the way is not a table")
+    signatures = table.get("signature", merged["signature"])
+    signatures = signatures if isinstance(signatures, list) else [signatures]
     if webhook is not None and webhook.secret and webhook.signature_scheme == "hmac-sha256" and "stale" in signatures:
-        bad("signature", "\"stale\" needs a timestamp, and the block's hmac-sha256 scheme has none")
-    retry = _parse_retry(merged["retry"], bad)
-    expect = _parse_expect(merged["expect"], bad)
+        bad(label("signature"), "\"stale\" needs a timestamp, and the block's hmac-sha256 scheme has none")
+    retry = _parse_retry(values["retry"], lambda f, r: bad(label("retry") + f[len("retry"):], r))
+    expect = _parse_expect(values["expect"], lambda f, r: bad(label("expect") + f[len("expect"):], r))
     thresholds: list[Threshold] = []
-    raw_thresholds = merged["thresholds"]
+    raw_thresholds = values["thresholds"]
     if not isinstance(raw_thresholds, list):
-        bad("thresholds", "must be a list of strings like \"success_rate >= 0.99\"")
+        bad(label("thresholds"), "must be a list of strings like \"success_rate >= 0.99\"")
     else:
         for text in raw_thresholds:
             try:
                 thresholds.append(parse_threshold(text))
             except ThresholdError as error:
-                bad("thresholds", str(error))
+                bad(label("thresholds"), str(error))
+    return {"block": block, "payload": payload, "encoding": encoding, "retry": retry, "expect": expect,
+            "thresholds": tuple(thresholds)}
 
-    if errors or bot is None or block is None:
-        return []
-    if "other" in choices["key"] and min(choices["conversations"]) < 2:
-        bad("key", "key = \"other\" needs at least 2 conversations (a derangement of the keys)")
-        return []
 
-    swept = [name for name in SWEEPABLE if isinstance(merged[name], list)]
-    block_timeout = bot.blocks[block].timeout_s
-    subcases: list[SubCase] = []
-    for combination in itertools.product(*(choices[name] for name in SWEEPABLE)):
-        values = dict(zip(SWEEPABLE, combination))
-        variant = ",".join(f"{name}={delay_labels[id(values[name])] if name == 'delay_s' else number_label(values[name])}"
-                           for name in swept)
-        timeout = values["timeout_s"]
-        subcases.append(
-            SubCase(
-                case=case_name,
-                variant=variant,
-                index=first_index + len(subcases),
-                case_index=case_index,
-                block=block,
-                conversations=values["conversations"],
-                timeout_s=timeout if timeout is not None else block_timeout,
-                timeout_overridden=timeout is not None and timeout != block_timeout,
-                delay=values["delay_s"],
-                key=values["key"],
-                calls=values["calls"],
-                call_gap_s=float(values["call_gap_s"]),
-                signature=values["signature"],
-                arrival_rate=values["arrival_rate"],
-                payload=payload,
-                encoding=encoding,
-                expect=expect,
-                thresholds=tuple(thresholds),
-                retry=retry,
-            )
-        )
-    return subcases
+def _parse_modes(raw: Any, bad: Any) -> tuple[str, ...]:
+    """``modes = ["virtual"]`` / ``["live"]`` / both (the default): where the case runs (SPEC §16.4)."""
+    if (not isinstance(raw, list) or not raw or not all(isinstance(m, str) and m in MODES for m in raw)
+            or len(set(raw)) != len(raw)):
+        bad("modes", f"must be a non-empty list of distinct modes out of {', '.join(MODES)}, got {raw!r}")
+        return MODES
+    return tuple(mode for mode in MODES if mode in raw)
+
+
+def time_scaled(scenario: Scenario, factor: float) -> Scenario:
+    """The scenario with every duration multiplied by ``factor`` — delays, call gaps, retry delays,
+    arrival intervals, timeouts (rounded, at least 1 s) and the limits of thresholds on
+    ``waited_s``/``delay_s`` — so a live run of a long suite takes a fraction of its time while
+    each case keeps its meaning (a late call stays late, a timely one timely)."""
+    if not is_finite_number(factor) or factor <= 0:
+        raise InvalidScenario([f"{scenario.source}: time scale must be a positive number, got {factor!r}"])
+    if factor == 1:
+        return scenario
+
+    def scaled_threshold(threshold: Threshold) -> Threshold:
+        if threshold.metric in RATE_METRICS:
+            return threshold
+        return replace(threshold, limit=threshold.limit * factor,
+                       text=f"{threshold.metric} {threshold.op} {number_label(threshold.limit * factor)}")
+
+    def scaled_party(party: Party) -> Party:
+        block_timeout = scenario.bot.blocks[party.block].timeout_s
+        timeout = max(1, round(party.timeout_s * factor))
+        return replace(
+            party, timeout_s=timeout, timeout_overridden=timeout != block_timeout,
+            call_gap_s=party.call_gap_s * factor,
+            retry=None if party.retry is None else replace(party.retry, delays_s=tuple(d * factor for d in party.retry.delays_s)),
+            thresholds=tuple(map(scaled_threshold, party.thresholds)))
+
+    subcases = [replace(subcase, parties=tuple(map(scaled_party, subcase.parties)),
+                        arrival_rate=None if subcase.arrival_rate is None else subcase.arrival_rate / factor,
+                        time_scale=subcase.time_scale * factor)
+                for subcase in scenario.subcases]
+    return replace(scenario, subcases=subcases)
 
 
 def _writable(payload: dict[str, Any], steps: tuple[str | int, ...]) -> bool:

@@ -35,7 +35,7 @@ import trio.testing
 
 from ..gc_tuning import long_lived_state_out_of_gc
 from .drivers import open_driver
-from .engine import Plan, execute, whole_plans
+from .engine import Plan, RunInterrupted, SeededKeys, execute, whole_plans
 from .results import ResultBlock
 from .scenario import Scenario, SubCase
 
@@ -56,7 +56,7 @@ def auto_workers(scenario: Scenario) -> int:
 
 
 def _cost(subcase: SubCase, conversations: int) -> int:
-    return conversations * (subcase.calls + 2)  # requests: start, calls, read back
+    return conversations * (1 + sum(party.calls + 1 for party in subcase.parties))  # start; per party: calls, read back
 
 
 def plan_shards(scenario: Scenario, shards: int) -> list[list[Plan]]:
@@ -71,7 +71,8 @@ def plan_shards(scenario: Scenario, shards: int) -> list[list[Plan]]:
     pieces: list[Plan] = []
     for subcase in scenario.subcases:
         n = subcase.conversations
-        parts = 1 if subcase.key == "other" else max(1, min(shards, math.ceil(_cost(subcase, n) / share)))
+        others = any(party.key == "other" for party in subcase.parties)  # keys that depend on each other: one piece
+        parts = 1 if others else max(1, min(shards, math.ceil(_cost(subcase, n) / share)))
         bounds = [round(n * i / parts) for i in range(parts + 1)]
         pieces += [Plan(subcase.index, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
     groups: list[list[Plan]] = [[] for _ in range(min(shards, len(pieces)))]
@@ -91,10 +92,12 @@ def run_virtual(scenario: Scenario, *, plans: list[Plan] | None = None, driver: 
                 on_conversation_started: Progress = None, on_conversation_done: Progress = None) -> list[ResultBlock]:
     """Run ``plans`` (default: the whole scenario) in this process against a fresh in-process gate."""
 
+    keys = SeededKeys(scenario.seed, scenario.name)  # keys per conversation: the same however the run is spread
+
     async def main() -> list[ResultBlock]:
-        async with open_driver(driver) as gate_driver:
+        async with open_driver(driver, new_key=keys) as gate_driver:
             return await execute(scenario, gate_driver, plans=plans, on_conversation_started=on_conversation_started,
-                                 on_conversation_done=on_conversation_done)
+                                 on_conversation_done=on_conversation_done, keys=keys)
 
     with long_lived_state_out_of_gc():
         return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -168,13 +171,22 @@ def run_spread(scenario: Scenario, workers: int, *, executor: Executor | None = 
             with _script_not_rerun():
                 futures = [pool.submit(run_shard, _shard_scenario(scenario, group), group, driver, progress)
                            for group in groups]
-            while progress is not None:
-                finished, _ = wait(futures, timeout=0.1)
-                _drain(progress, on_conversation_started, on_conversation_done)
-                if len(finished) == len(futures):
+            try:
+                while progress is not None:
+                    finished, _ = wait(futures, timeout=0.1)
                     _drain(progress, on_conversation_started, on_conversation_done)
-                    break
-            blocks = [block for future in futures for block in future.result()]
+                    if len(finished) == len(futures):
+                        _drain(progress, on_conversation_started, on_conversation_done)
+                        break
+                blocks = [block for future in futures for block in future.result()]
+            except KeyboardInterrupt:
+                # Stop now, not when every shard is done: the shards that finished keep their rows.
+                done = [block for future in futures if future.done() and not future.cancelled() and future.exception() is None
+                        for block in future.result()]
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise RunInterrupted(sorted(done, key=lambda block: block.sort_key)) from None
     finally:
         if manager is not None:
             manager.shutdown()

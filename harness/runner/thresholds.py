@@ -7,17 +7,19 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # parsing a threshold needs neither; checking one loads them
+    import pandas as pd
 
 __all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "metric_mask", "RATE_METRICS", "AGGREGATES"]
 
-RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate", "late_rate")
+RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate", "late_rate", "early_rate")
 AGGREGATES = ("p50", "p95", "p99", "mean", "max")
 _COLUMNS = ("waited_s", "delay_s")
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -40,7 +42,7 @@ class Threshold:
     def check(self, rows: pd.DataFrame) -> tuple[bool, float]:
         """``(holds, measured value)`` for one (sub-)case's rows. NaN never holds."""
         value = metric_value(self.metric, rows)
-        return (not np.isnan(value) and _OPS[self.op](value, self.limit)), value
+        return (not math.isnan(value) and _OPS[self.op](value, self.limit)), value
 
 
 def parse_threshold(text: str) -> Threshold:
@@ -69,7 +71,8 @@ def metric_mask(metric: str, rows: pd.DataFrame) -> pd.Series:
     """For a rate metric: which conversations it counts (the rate is this mask's mean).
 
     ``late_rate`` counts conversations with at least one 410 ``wait_expired`` answer: from the
-    ``late_calls`` column where the runner recorded it, else from the ``statuses`` column.
+    ``late_calls`` column where the runner recorded it, else from the ``statuses`` column;
+    ``early_rate`` those whose wait was resolved at once by a held early call (``received_early``).
     """
     if metric == "success_rate":
         return (rows["outcome"] == "success").fillna(False).astype(bool)
@@ -80,7 +83,11 @@ def metric_mask(metric: str, rows: pd.DataFrame) -> pd.Series:
     if metric == "misattributed_rate":
         resolved_by = rows["resolved_by"]
         return (resolved_by.notna() & (resolved_by != rows["conversation"])).fillna(False).astype(bool)
+    if metric == "early_rate":
+        return (rows["reason"] == "received_early").fillna(False).astype(bool)
     if metric == "late_rate":
+        import pandas as pd
+
         from_statuses = rows["statuses"].fillna("").astype(str).map(lambda joined: "410" in joined.split(","))
         if "late_calls" not in rows.columns:
             return from_statuses.astype(bool)
@@ -103,4 +110,6 @@ def metric_value(metric: str, rows: pd.DataFrame) -> float:
         return float(values.mean())
     if aggregate == "max":
         return float(values.max())
+    import numpy as np
+
     return float(np.percentile(values, float(aggregate[1:])))

@@ -12,6 +12,7 @@ Countdowns run in the browser between polls: the snapshot carries the server's c
 
 from __future__ import annotations
 
+import re
 from importlib.resources import files
 from typing import Any
 
@@ -20,6 +21,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from ..core.gate import Gate
+from .deliveries import Deliveries
 
 __all__ = ["register_dashboard", "snapshot", "MAX_OPEN_WAITS"]
 
@@ -31,11 +33,24 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-async def snapshot(gate: Gate) -> dict[str, Any]:
+# `harness run --target` registers a copy of a bot per timeout override: `payment.t300` (SPEC §6).
+DERIVED_ID = re.compile(r"^(?P<base>.+)\.t\d+$")
+
+
+def derived_from(bot_id: str, ids: set[str]) -> str | None:
+    """The bot a live run's derived copy was made from, when ``bot_id`` is one (``payment.t300``)."""
+    match = DERIVED_ID.match(bot_id)
+    return match["base"] if match and match["base"] in ids else None
+
+
+async def snapshot(gate: Gate, deliveries: Deliveries | None = None) -> dict[str, Any]:
     """What the page shows, as JSON: bots, open waits (soonest first), recent events, counters.
 
     Its cost does not grow with the number of open waits: the store answers the soonest
     :data:`MAX_OPEN_WAITS` from its deadline index and the count from a maintained counter.
+
+    With ``deliveries`` (the web layer's record of webhook answers): the last calls, accepted and
+    refused, newest first, and ``refused`` — the last 50 refused calls (SPEC §16.3).
     """
     clock = gate.clock
     now = trio.current_time()
@@ -49,13 +64,19 @@ async def snapshot(gate: Gate) -> dict[str, Any]:
     } for wait in soonest]
     stats = gate.stats
     resolved = {f"{outcome}/{reason}": count for (outcome, reason), count in sorted(stats.resolutions.items())}
+    ids = {bot.id for bot in bots}
+    recent = list(reversed(deliveries.recent)) if deliveries is not None else []
+    refused = list(reversed(deliveries.refused)) if deliveries is not None else []
     return {
         "now": clock.iso(now),
         "now_unix": clock.unix(now),
-        "bots": [{"id": bot.id, "name": bot.name, "webhooks": gate.webhook_urls(bot)} for bot in bots],
+        "bots": [{"id": bot.id, "name": bot.name, "webhooks": gate.webhook_urls(bot),
+                  "derived_from": derived_from(bot.id, ids)} for bot in bots],
         "open_waits": {"count": open_count, "shown": open_waits},
         "recent_resolutions": list(reversed(gate.recent_resolutions)),  # newest first
         "recent_late_calls": list(reversed(gate.recent_late_calls)),
+        "deliveries": recent,  # newest first: accepted (2xx) and refused (4xx) webhook calls
+        "refused": refused,
         "counters": {
             "open_waits": open_count,
             "waits_opened": stats.waits_opened,
@@ -63,6 +84,9 @@ async def snapshot(gate: Gate) -> dict[str, Any]:
             "succeeded": sum(n for (outcome, _), n in stats.resolutions.items() if outcome == "success"),
             "timed_out": sum(n for (_, reason), n in stats.resolutions.items() if reason == "timeout"),
             "late_calls": stats.late_calls,
+            "failed": sum(n for (outcome, _), n in stats.resolutions.items() if outcome == "failure"),
+            "accepted_calls": deliveries.accepted_total if deliveries is not None else 0,
+            "refused_calls": deliveries.refused_total if deliveries is not None else 0,
         },
     }
 
@@ -71,7 +95,7 @@ def _asset(name: str) -> str:
     return files("harness.web").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def register_dashboard(app: QuartTrio, gate: Gate) -> None:
+def register_dashboard(app: QuartTrio, gate: Gate, deliveries: Deliveries | None = None) -> None:
     """Add ``GET /``, ``GET /static/dashboard.{js,css}`` and ``GET /api/dashboard`` to ``app``."""
     from .server import json_response  # here, not at the top: the server module calls this one
 
@@ -92,4 +116,4 @@ def register_dashboard(app: QuartTrio, gate: Gate) -> None:
 
     @app.get("/api/dashboard")
     async def dashboard_data() -> Response:
-        return json_response(await snapshot(gate), headers={"Cache-Control": "no-store"})
+        return json_response(await snapshot(gate, deliveries), headers={"Cache-Control": "no-store"})

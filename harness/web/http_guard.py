@@ -3,12 +3,19 @@
 :class:`HttpGuard` wraps the Quart app (``app.asgi_app = HttpGuard(app.asgi_app, …)``, done by
 :func:`harness.web.server.create_app`) and refuses, in this order:
 
+0. **A path spelled any other way than its one canonical form** — ``//api/bots``, ``/./api``,
+   ``/api/../api/bots``, an absolute-form target (``GET http://host/api/bots``), ``*``, a
+   character outside the route alphabet: 404 ``not_found``. hypercorn hands the percent-decoded
+   target over as ``scope["path"]`` (so ``/%61pi/bots`` *is* ``/api/bots`` here and gets its
+   checks), and the router accepts spellings a prefix rule would not see; deciding here, once,
+   what the path is means every rule below judges the path the router will serve.
 1. **Ambiguous framing** — ``Content-Length`` *and* ``Transfer-Encoding``: 400 ``invalid_request``
    and the connection closed. h11 (hypercorn's HTTP/1.1 parser) accepts such a request and lets
    ``Transfer-Encoding`` win, so whatever a proxy that trusts ``Content-Length`` would see as the
    rest of the body is read here as the *next* request on the connection: request smuggling.
    Closing the connection drops those bytes unread.
-2. **No token** — with an API token set, ``/``, ``/api/…`` and ``/metrics`` need
+2. **No token** — with an API token set, every path but the open ones (``/healthz``,
+   ``/openapi.json``, ``/webhooks/…``, ``/c/…``, ``/static/…``) — so ``/``, ``/api/…`` and ``/metrics`` — need
    ``Authorization: Bearer TOKEN`` or the ``harness_token`` cookie (``GET /?token=TOKEN`` sets
    it): 401 ``unauthorized`` otherwise. Compared in constant time.
 3. **A body that is not JSON** on a ``POST /api/…``: 415 ``unsupported_media_type``. A browser
@@ -32,10 +39,10 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 import resource
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -68,16 +75,43 @@ DRAIN_LIMIT = 64 * 1024
 HEADER_TIMEOUT_S = 5.0
 
 
-def needs_token(path: str) -> bool:
-    """Whether ``path`` is behind ``--api-token``: the page, the management API and metrics.
+# Every route's path is "/" or segments of these characters (bot, block and static file names,
+# base64url keys); anything else is not a spelling the gate serves.
+_SEGMENT = re.compile(r"[A-Za-z0-9_.\-]+")
+_OPEN_PREFIXES = ("webhooks", "c", "static")
+_OPEN_PATHS = ("/healthz", "/openapi.json")
 
-    Webhooks, ``/healthz``, ``/c/{key}`` and ``/openapi.json`` stay open: third parties and
-    probes cannot hold a token, and a conversation URL is already a capability (its key).
+
+def is_canonical(path: str) -> bool:
+    """Whether ``path`` (as hypercorn decoded it) is the one spelling of a route the gate serves.
+
+    No empty, ``.`` or ``..`` segment, no character outside the route alphabet, no scheme or
+    authority (absolute-form targets), nothing but a leading ``/``.
+
+    >>> [is_canonical(p) for p in ("/", "/api/bots", "//api/bots", "/./api", "/api/../api", "http://h/api", "*")]
+    [True, True, False, False, False, False, False]
+    """
+    if path == "/":
+        return True
+    if not path.startswith("/"):
+        return False
+    return all(_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in path[1:].split("/"))
+
+
+def needs_token(path: str) -> bool:
+    """Whether ``path`` (canonical) is behind ``--api-token``: everything but the open routes.
+
+    Webhooks, ``/healthz``, ``/c/{key}``, ``/openapi.json`` and the page's static files stay open:
+    third parties and probes cannot hold a token, and a conversation URL is already a capability
+    (its key). Deny by default: a route added later is guarded until it is listed here.
 
     >>> [needs_token(p) for p in ("/", "/api/bots", "/metrics", "/webhooks/a/b", "/healthz", "/c/k")]
     [True, True, True, False, False, False]
     """
-    return path == "/" or path == "/api" or path.startswith("/api/") or path == "/metrics"
+    if path in _OPEN_PATHS:
+        return False
+    first = path[1:].split("/", 1)
+    return not (len(first) == 2 and first[0] in _OPEN_PREFIXES)
 
 
 def _token_matches(given: str | None, expected: str) -> bool:
@@ -133,6 +167,10 @@ class HttpGuard:
                                "Content-Length and Transfer-Encoding together are ambiguous; send one", close=True)
             return
         path: str = scope["path"]
+        if not is_canonical(path):
+            await self._refuse(send, "not_found", "no such path (paths are served in their canonical spelling only)",
+                               close=has_body)
+            return
         if self.api_token is not None and needs_token(path):
             cookie_to_set = self._authorise(scope, headers)
             if cookie_to_set is False:
@@ -141,7 +179,7 @@ class HttpGuard:
                 return
             if cookie_to_set:
                 send = _with_cookie(send, self.api_token)
-        if scope["method"] == "POST" and path.startswith("/api/") and has_body:
+        if scope["method"] != "GET" and path.startswith("/api/") and has_body:
             media_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if media_type != "application/json":
                 await self._refuse(send, "unsupported_media_type",
@@ -252,15 +290,24 @@ def _may_have_body(scope: Scope, headers: dict[str, str]) -> bool:
 
 
 def _cookie(header: str) -> str | None:
+    """The ``harness_token`` cookie's value, in one linear pass.
+
+    Not :class:`http.cookies.SimpleCookie`: its parser is quadratic on crafted input
+    (CVE-2024-7592; a 16 KB header cost ≈ 0.5 s of CPU), and we need one cookie, not a jar.
+
+    >>> _cookie('a=1; harness_token="t0k"; b=2'), _cookie("a=1"), _cookie("")
+    ('t0k', None, None)
+    """
     if COOKIE not in header:
         return None
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        return None
-    morsel = jar.get(COOKIE)
-    return morsel.value if morsel is not None else None
+    for part in header.split(";"):
+        name, equals, value = part.partition("=")
+        if equals and name.strip() == COOKIE:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
 
 
 def _with_cookie(send: Send, token: str) -> Send:

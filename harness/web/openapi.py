@@ -73,10 +73,14 @@ def openapi_document(*, max_body: int, protected: bool,
 
     def responses(ok: dict[str, Any], *, body: bool = False, auth: bool = False, unknown_path: bool = False,
                   errors: dict[str, tuple[str, ...]] | None = None, descriptions: dict[str, str] | None = None,
-                  ) -> dict[str, Any]:
-        """The route's own answers (``ok``; ``errors``: status → codes) plus the guard's and the framework's."""
+                  store: bool = True) -> dict[str, Any]:
+        """The route's own answers (``ok``; ``errors``: status → codes) plus the guard's and the framework's;
+        ``store``: the route reads or writes the store, so it may answer 503 ``store_unavailable``."""
         codes: dict[str, set[str]] = {status: set(found) for status, found in (errors or {}).items()}
         about = dict(descriptions or {})
+        if store:
+            codes["503"] = {"store_unavailable"}
+            about["503"] = "The store cannot answer now (locked, stopped, unreachable); nothing changed. See Retry-After"
         codes.setdefault("400", set()).update(_FRAMING)
         about.setdefault("400", "Refused request: ambiguous framing (Content-Length with Transfer-Encoding)")
         if auth and protected:
@@ -101,8 +105,11 @@ def openapi_document(*, max_body: int, protected: bool,
     paths: dict[str, Any] = {
         "/healthz": {"get": {
             "summary": "Liveness", "operationId": "healthz",
-            "responses": responses({"200": _ok("Alive", {"type": "object", "required": ["status"],
-                                                         "properties": {"status": {"const": "ok"}}})}),
+            "responses": {**responses({"200": _ok("Alive", {"type": "object", "required": ["status"],
+                                                            "properties": {"status": {"const": "ok"}}})}, store=False),
+                          "503": _ok("Degraded: the store cannot answer", {
+                              "type": "object", "required": ["status", "store"],
+                              "properties": {"status": {"const": "degraded"}, "store": {"type": "string"}}})},
         }},
         "/openapi.json": {"get": {
             "summary": "This document", "operationId": "openapi",
@@ -113,14 +120,14 @@ def openapi_document(*, max_body: int, protected: bool,
                        "harness_token cookie (HttpOnly; SameSite=Strict) that authorises the page's requests",
             "operationId": "page", **guarded,
             "parameters": [{"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}],
-            "responses": responses({"200": _ok("The page", {"type": "string"}, "text/html")}, auth=True),
+            "responses": responses({"200": _ok("The page", {"type": "string"}, "text/html")}, auth=True, store=False),
         }},
         "/static/{name}": {"get": {
             "summary": "A file of the live page (dashboard.js, dashboard.css)", "operationId": "pageAsset",
             "parameters": [_path_param("name", "The file's name", ["dashboard.js", "dashboard.css"])],
             "responses": responses({"200": {"description": "The file", "content": {
                 "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}}},
-                errors={"404": ("not_found",)}, unknown_path=True),
+                errors={"404": ("not_found",)}, unknown_path=True, store=False),
         }},
         "/api/dashboard": {"get": {
             "summary": "What the live page shows: bots, open waits, recent resolutions and late calls, counters",
@@ -212,17 +219,18 @@ def openapi_document(*, max_body: int, protected: bool,
                 FORM: {"schema": _ref("WebhookPayload")},
             }},
             "responses": responses(
-                {"200": _ok("Accepted: the wait resolved as success", _ref("Accepted"))},
+                {"200": _ok("Accepted: the wait resolved as success", _ref("Accepted")),
+                 "202": _ok("Held: an early call, kept for the block's early_s until the wait opens", _ref("Held"))},
                 body=True, unknown_path=True,
                 errors={"400": ("invalid_payload",), "401": ("invalid_signature",),
-                        "404": ("unknown_webhook", "unknown_conversation"), "409": ("not_waiting",),
+                        "404": ("unknown_webhook", "unknown_conversation"), "409": ("already_held", "not_waiting"),
                         "410": ("wait_expired",), "422": ("missing_conversation_key",)},
                 descriptions={
                     "400": "The body does not parse, is not an object, is nested deeper than 64 levels or holds "
                            "text that is not valid Unicode",
                     "401": "The block has a secret and the signature is missing, malformed, wrong or stale",
                     "404": "No such webhook block, or no conversation of this bot has the key",
-                    "409": "The conversation is not waiting at this block",
+                    "409": "The conversation is not waiting at this block, or an early call for it is already held",
                     "410": "The wait reached its deadline without a valid call",
                     "422": "conversation_key absent, empty or not a string"}),
         }},
@@ -279,7 +287,7 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "block": {"type": "string"}, "opened_at": {"type": "string"}, "deadline": {"type": "string"},
                 "timeout_s": {"type": "integer"},
-                "outcome": {"enum": [None, "success", "failure"]}, "reason": {"enum": [None, "received", "timeout"]},
+                "outcome": {"enum": [None, "success", "failure"]}, "reason": {"enum": [None, "received", "received_early", "timeout"]},
                 "resolved_at": nullable_string, "waited_s": {"type": ["number", "null"]},
             },
         },
@@ -295,6 +303,15 @@ def _schemas() -> dict[str, Any]:
                     "type": "object", "required": ["block", "text"],
                     "properties": {"block": {"type": "string"}, "text": {"type": "string"}}}},
                 "waits": {"type": "array", "items": _ref("Wait")},
+                "late_calls": {"type": "array", "maxItems": 100, "items": {
+                    "type": "object", "required": ["block", "at", "after_deadline_s"],
+                    "properties": {"block": {"type": "string"}, "at": {"type": "string"},
+                                   "after_deadline_s": {"type": "number"}}}},
+                "late_calls_total": {"type": "integer", "minimum": 0},
+                "early_calls": {"type": "array", "items": {
+                    "type": "object", "required": ["block", "at", "outcome"],
+                    "properties": {"block": {"type": "string"}, "at": {"type": "string"},
+                                   "outcome": {"enum": ["pending", "used", "expired"]}}}},
             },
         },
         "WebhookPayload": {
@@ -302,6 +319,11 @@ def _schemas() -> dict[str, Any]:
             "description": "Any object; the conversation key sits at the block's key_path (default "
                            "conversation_key). Form values are strings; a repeated field becomes a list",
             "properties": {"conversation_key": {"type": "string"}},
+        },
+        "Held": {
+            "type": "object", "required": ["status", "conversation_key", "expires_in_s"],
+            "properties": {"status": {"const": "held"}, "conversation_key": {"type": "string"},
+                           "expires_in_s": {"type": "number"}},
         },
         "Accepted": {
             "type": "object", "required": ["status", "conversation_key", "mapped", "missing"],

@@ -24,13 +24,26 @@ from werkzeug.exceptions import HTTPException
 
 from ..core.errors import RETRY_AFTER_S, STATUS_BY_ANSWER, STATUS_BY_CODE, Refused
 from ..core.gate import LATENESS_BUCKETS, Gate
+from ..core.js import prestart_script_workers
 from ..core.store import StoreUnavailable
-from ..core.webhooks import DEFAULT_MAX_BODY, JSON_TYPE, WebhookHandler, media_type_of, parse_json, too_large
+from ..core.webhooks import (
+    DEFAULT_MAX_BODY,
+    FORM_TYPE,
+    JSON_TYPE,
+    WebhookHandler,
+    media_type_of,
+    parse_form,
+    parse_json,
+    too_large,
+)
 from .dashboard import register_dashboard
+from .deliveries import Deliveries
 from .http_guard import DEFAULT_BODY_TIMEOUT, HttpGuard, hypercorn_limits
 from .openapi import openapi_document
 
-__all__ = ["DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
+__all__ = ["DEFAULT_GRACEFUL_TIMEOUT", "DEFAULT_MAX_BODY", "STATUS_BY_CODE", "create_app", "json_response", "serve"]
+
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
 
 log = logging.getLogger("harness.web.server")
 
@@ -93,6 +106,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
         app.asgi_app, statuses=STATUS_BY_CODE, api_token=api_token, body_timeout=body_timeout)
     webhook_calls: dict[int, int] = {}
     webhooks = WebhookHandler(gate, max_body=max_body)
+    deliveries = app.deliveries = Deliveries(gate)  # type: ignore[attr-defined]
 
     @app.errorhandler(Refused)
     async def refused(error: Refused) -> Response:
@@ -120,6 +134,7 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
     async def finish(response: Response) -> Response:
         if request.path.startswith("/webhooks/"):
             webhook_calls[response.status_code] = webhook_calls.get(response.status_code, 0) + 1
+            await _note_delivery(deliveries, response)
         if _body_left_unread():
             response.headers["Connection"] = "close"
         return response
@@ -166,9 +181,11 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
     async def webhook(bot_id: str, block_id: str) -> Response:
         block = await webhooks.block(bot_id, block_id)
         body = await read_body(max_body)
+        g.webhook_call = (block, body)  # for the refused call's log line: its key, if it had one
         answer = await webhooks.decide(block, bot_id, block_id,
                                        media_type=media_type_of(request.headers.get("Content-Type")),
                                        headers=request.headers, body=body)
+        g.answer = answer
         return json_response(answer, STATUS_BY_ANSWER[answer["status"]])
 
     @app.get("/metrics")
@@ -176,8 +193,43 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
         text = render_metrics(gate, webhook_calls, await gate.open_wait_count())
         return Response(text, content_type="text/plain; version=0.0.4")
 
-    register_dashboard(app, gate)  # GET / (the live page) and GET /api/dashboard
+    register_dashboard(app, gate, deliveries)  # GET / (the live page) and GET /api/dashboard
     return app
+
+
+# Refusals that come after the payload parsed and named a key: the log line may show its first characters.
+_KEYED_REFUSALS = {"unknown_conversation", "wait_expired", "not_waiting", "already_held"}
+
+
+async def _note_delivery(deliveries: Deliveries, response: Response) -> None:
+    """Record a webhook call's answer for the live page; log it when refused (4xx)."""
+    args = request.view_args or {}
+    parts = request.path.split("/")
+    bot, block = args.get("bot_id", parts[2] if len(parts) > 2 else None), args.get(
+        "block_id", parts[3] if len(parts) > 3 else None)
+    status = response.status_code
+    if status < 300 and g.get("answer") is not None:
+        deliveries.accepted(bot, block, status, g.answer)
+        return
+    if not 400 <= status < 500:
+        return
+    try:
+        error = str(json.loads(await response.get_data())["error"])
+    except (ValueError, KeyError, TypeError):
+        error = "unknown"
+    key = None
+    call = g.get("webhook_call")
+    if call is not None and error in _KEYED_REFUSALS:
+        webhook_block, body = call
+        media_type = media_type_of(request.headers.get("Content-Type"))
+        try:
+            payload = parse_json(body) if media_type == JSON_TYPE else parse_form(body) if media_type == FORM_TYPE else None
+        except Refused:
+            payload = None
+        if isinstance(payload, dict):
+            found, value = webhook_block.key_path.extract(payload)
+            key = value if found and isinstance(value, str) else None
+    deliveries.refused_call(bot, block, status, error, key)
 
 
 def render_metrics(gate: Gate, webhook_calls: dict[int, int], open_waits: int) -> str:
@@ -225,6 +277,7 @@ async def serve(
     public_url: str | None = None,
     api_token: str | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     reuse_port: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -234,8 +287,14 @@ async def serve(
     Reports the base URL it bound (``port=0`` picks a free port) through ``task_status``; when
     ``public_url`` is not given, conversation and webhook URLs use that bound URL. Runs until
     cancelled, or until ``shutdown_trigger`` returns: then hypercorn stops accepting, lets the
-    requests in flight finish, and ``serve`` returns. With ``reuse_port`` it listens with
-    ``SO_REUSEPORT``, next to the other workers of ``harness serve --workers N``.
+    requests in flight finish — up to ``graceful_timeout`` seconds (SPEC §17.6) — and ``serve``
+    returns. With ``reuse_port`` it listens with ``SO_REUSEPORT``, next to the other workers of
+    ``harness serve --workers N``.
+
+    Why the long default: hypercorn's own is 3 s, after which it cancels what is still running;
+    a webhook call whose resolution was committed but whose flow (scripts, up to 1.5 s per step)
+    or answer was still on its way would then be dropped, and the sender's retry would get 409.
+    Idle keep-alive connections close at once; only requests in flight hold the stop up.
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -249,6 +308,7 @@ async def serve(
         config.bind = [f"fd://{listening.fileno()}"]
     config.accesslog = None
     config.errorlog = log
+    config.graceful_timeout = graceful_timeout
     hypercorn_limits(config, body_timeout=body_timeout)
     app = create_app(gate, max_body=max_body, api_token=api_token, body_timeout=body_timeout)
     async with trio.open_nursery() as nursery:
@@ -258,6 +318,7 @@ async def serve(
             nursery.cancel_scope.cancel()  # graceful shutdown done: stop the deadline scheduler too
 
         await nursery.start(gate.run)
+        prestart_script_workers()  # their start-up (an interpreter each) is not charged to the first script
         bound = await nursery.start(http)
         base_url = bound[0] if bound else f"http://{host}:{port}"
         if public_url is None:
