@@ -39,7 +39,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,14 +51,13 @@ from harness.core.bots import parse_bot
 from harness.core.gate import Gate
 from harness.store import open_store, store_clock
 from harness.testing import LocalPostgres, ServerProcess
-from harness.web.dashboard import snapshot
 
 from ._report import header, row
+from .dashboard import POLLS, polls
 from .http_throughput import BOT, drive, payload
 
 CONNECTIONS = 32
 STARTERS = 16
-POLLS = 30
 OPENED = 100  # waits opened through the gate; the rest are SQL copies of them
 
 
@@ -203,15 +201,9 @@ def copy_open_waits(url: str, total: int) -> None:
 
 async def dashboard_poll_ms(url: str) -> float:
     store = open_store(url)
-    gate = Gate(store=store, clock=store_clock(store))
-    times = []
-    for _ in range(POLLS):
-        started = time.perf_counter()
-        data = await snapshot(gate)
-        times.append(time.perf_counter() - started)
-        assert len(data["open_waits"]["shown"]) == min(100, data["open_waits"]["count"])
+    seconds = await polls(Gate(store=store, clock=store_clock(store)))
     await store.close()
-    return statistics.median(times) * 1000
+    return seconds * 1000
 
 
 def dashboard_cost(postgres: LocalPostgres, sizes: list[int]) -> list[tuple[int, float]]:
