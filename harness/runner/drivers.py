@@ -346,6 +346,11 @@ class Driver:
     gate: Gate | None = None  # only in-process: outcomes are read from it, signatures use its clock
     in_flight: trio.Semaphore | None = None  # bounds concurrent requests to a live server
     poll_interval_s: float = 0.001
+    # Several live gates on one store (SPEC §13.5): `client` is the first (bots, reads); conversations
+    # start on each in turn, and a call goes to the one after the gate its conversation started on.
+    others: list[httpx.AsyncClient | Http11Client] = field(default_factory=list)
+    _started_on: dict[str, int] = field(default_factory=dict)
+    _starts: int = 0
     _forgotten: list[str] = field(default_factory=list)  # keys to let go of at the next call
 
     def unix_time(self) -> float:
@@ -354,11 +359,12 @@ class Driver:
             return self.gate.clock.signing_time()
         return time.time()
 
-    async def request(self, method: str, url: str, **kwargs: object) -> Answer:
+    async def request(self, method: str, url: str, *, target: int = 0, **kwargs: object) -> Answer:
+        client = self.client if target == 0 else self.others[target - 1]
         if self.in_flight is None:
-            return await self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
+            return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
         async with self.in_flight:
-            return await self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
+            return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
 
     async def start(self, bot_id: str) -> tuple[str | None, str | None]:
         """Start a conversation: ``(key, None)``, or ``(None, why)`` when the gate refused."""
@@ -369,17 +375,31 @@ class Driver:
                 return (await self.gate.start_conversation(bot_id)).key, None
             except Refused as refusal:
                 return None, f"starting the conversation: {STATUS_BY_CODE[refusal.code]} {refusal.detail}"
-        response = await self.request("POST", f"/api/bots/{bot_id}/conversations")
+        target = self._starts % (1 + len(self.others))
+        self._starts += 1
+        response = await self.request("POST", f"/api/bots/{bot_id}/conversations", target=target)
         if response.status_code != 201:
             return None, f"starting the conversation: {response.status_code} {response.text[:200]}"
-        return response.json()["conversation_key"], None
+        key: str = response.json()["conversation_key"]
+        if self.others:
+            self._started_on[key] = target
+        return key, None
 
-    async def call(self, bot_id: str, block_id: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-        """A third party's webhook call: its status, and (live only) the 200 answer's document."""
+    async def call(self, bot_id: str, block_id: str, body: bytes, headers: dict[str, str],
+                   owner: str | None = None) -> tuple[int, Any]:
+        """A third party's webhook call: its status, and (live only) the 200 answer's document.
+
+        ``owner`` is the key of the conversation the party belongs to (whatever key the call
+        carries); with several targets the call goes to another gate than the one that started it.
+        """
         await self._let_go()
         if isinstance(self.client, CoreClient):
             return await self.client.webhook_status(bot_id, block_id, body, headers), None
-        response = await self.request("POST", f"/webhooks/{bot_id}/{block_id}", content=body, headers=headers)
+        target = 0
+        if self.others:
+            target = (self._started_on.get(owner or "", 0) + 1) % (1 + len(self.others))
+        response = await self.request("POST", f"/webhooks/{bot_id}/{block_id}", content=body, headers=headers,
+                                      target=target)
         accepted = response.json() if response.status_code == 200 and self.gate is None else None
         return response.status_code, accepted
 
@@ -398,6 +418,7 @@ class Driver:
     def forget(self, key: str) -> None:
         """The runner is done with this conversation: an in-process gate lets it go, at the
         driver's next call (the engine releases conversations from synchronous bookkeeping)."""
+        self._started_on.pop(key, None)
         if self.gate is not None:
             self._forgotten.append(key)
 
@@ -424,22 +445,28 @@ async def in_process(*, max_body: int = 1024 * 1024, new_key: Callable[[], str] 
 
 
 @asynccontextmanager
-async def live(url: str, *, concurrency: int = 64, api_token: str | None = None) -> AsyncIterator[Driver]:
-    """A running gate at ``url``. ``concurrency`` bounds requests in flight (and connections);
-    ``api_token`` is sent as ``Authorization: Bearer`` (the gate's ``--api-token``)."""
+async def live(url: str | Sequence[str], *, concurrency: int = 64, api_token: str | None = None,
+               ) -> AsyncIterator[Driver]:
+    """A running gate at ``url``, or several gates sharing one store (a list: bots go to the first,
+    conversations start on each in turn, calls go to another than their conversation's, SPEC
+    §13.5). ``concurrency`` bounds requests in flight (and connections, per gate); ``api_token``
+    is sent as ``Authorization: Bearer`` (the gates' ``--api-token``)."""
+    urls = [url] if isinstance(url, str) else list(url)
     headers = {"Authorization": f"Bearer {api_token}"} if api_token else None
-    if httpx.URL(url).scheme == "http":
-        lean = Http11Client(url, connections=concurrency, headers=headers)
-        try:
-            yield Driver(client=lean, virtual=False, poll_interval_s=0.05)
-        finally:
-            await lean.aclose()
-        return
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(30.0, pool=None)  # waiting for a pooled connection is not an error
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), limits=limits, timeout=timeout,
-                                 headers=headers) as client:
-        yield Driver(client=client, virtual=False, in_flight=trio.Semaphore(concurrency), poll_interval_s=0.05)
+    clients: list[httpx.AsyncClient | Http11Client] = [
+        Http11Client(each, connections=concurrency, headers=headers) if httpx.URL(each).scheme == "http"
+        else httpx.AsyncClient(base_url=each.rstrip("/"), limits=limits, timeout=timeout, headers=headers)
+        for each in urls
+    ]
+    lean = all(isinstance(client, Http11Client) for client in clients)
+    try:
+        yield Driver(client=clients[0], others=clients[1:], virtual=False, poll_interval_s=0.05,
+                     in_flight=None if lean else trio.Semaphore(concurrency))
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 @asynccontextmanager

@@ -370,7 +370,8 @@ class _PartyRun:
         if math.isnan(call.first_call_s):
             call.first_call_s = now - conversation.opened_at
         try:
-            status, accepted = await engine.driver.call(self.sub.bot_id, self.party.block, body, headers)
+            status, accepted = await engine.driver.call(self.sub.bot_id, self.party.block, body, headers,
+                                                        owner=conversation.key)
         except TRANSPORT_ERRORS as error:
             self.sub.fail(call, _problem(error))
             return

@@ -279,6 +279,7 @@ async def serve(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``gate`` over HTTP on hypercorn's trio worker.
@@ -287,7 +288,8 @@ async def serve(
     ``public_url`` is not given, conversation and webhook URLs use that bound URL. Runs until
     cancelled, or until ``shutdown_trigger`` returns: then hypercorn stops accepting, lets the
     requests in flight finish — up to ``graceful_timeout`` seconds (SPEC §17.6) — and ``serve``
-    returns.
+    returns. With ``reuse_port`` it listens with ``SO_REUSEPORT``, next to the other workers of
+    ``harness serve --workers N``.
 
     Why the long default: hypercorn's own is 3 s, after which it cancels what is still running;
     a webhook call whose resolution was committed but whose flow (scripts, up to 1.5 s per step)
@@ -299,6 +301,11 @@ async def serve(
 
     config = Config()
     config.bind = [f"{host}:{port}"]
+    if reuse_port:
+        from .workers import reuse_port_socket
+
+        listening = reuse_port_socket(host, port)  # hypercorn listens on it; closed with the process
+        config.bind = [f"fd://{listening.fileno()}"]
     config.accesslog = None
     config.errorlog = log
     config.graceful_timeout = graceful_timeout
