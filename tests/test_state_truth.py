@@ -12,7 +12,8 @@ import trio
 from harness.core.conversations import WallClock
 from harness.core.gate import Gate
 from harness.core.signing import HEADER, sign
-from harness.runner.drivers import in_core, in_process, seeded_keys
+from harness.runner.drivers import in_core, in_process
+from harness.runner.engine import SeededKeys
 from harness.store import SqliteStore
 from harness.web.server import create_app
 
@@ -108,10 +109,15 @@ async def test_signature_freshness_follows_a_stepped_wall_clock(tmp_path: Path) 
 
 async def test_in_process_runs_draw_the_same_keys_from_the_same_seed(autojump_clock: object) -> None:
     async def keys(driver_factory: object, seed: int) -> list[str]:
-        async with driver_factory(new_key=seeded_keys(seed)) as driver:  # type: ignore[operator]
+        seeded = SeededKeys(seed, "demo")
+        async with driver_factory(new_key=seeded) as driver:  # type: ignore[operator]
             assert driver.gate is not None
             await driver.gate.add_bot(webhook_bot())
-            return [(await driver.start("pay"))[0] for _ in range(3)]
+            started = []
+            for index in range(3):
+                seeded.next_for(0, index)  # as the engine announces each start
+                started.append((await driver.start("pay"))[0])
+            return started
 
     for factory in (in_process, in_core):
         first, again, other = await keys(factory, 7), await keys(factory, 7), await keys(factory, 8)

@@ -19,9 +19,7 @@ timestamps nobody looks at); a live run reads ``GET /api/conversations/{key}``.
 
 from __future__ import annotations
 
-import base64
 import json
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,7 +32,7 @@ import h11
 import httpx
 import trio
 
-from ..core.conversations import KEY_BYTES, Conversation
+from ..core.conversations import Conversation
 from ..core.errors import STATUS_BY_ANSWER, STATUS_BY_CODE, Refused
 from ..core.gate import Gate
 from ..core.store import StoreUnavailable
@@ -42,7 +40,7 @@ from ..core.webhooks import WebhookHandler, media_type_of
 from ..store import MemoryStore
 from ..web.server import create_app
 
-__all__ = ["DRIVERS", "TRANSPORT_ERRORS", "Driver", "Observed", "Http11Client", "in_process", "in_core", "live", "open_driver", "seeded_keys", "IN_PROCESS_URL"]
+__all__ = ["DRIVERS", "TRANSPORT_ERRORS", "Driver", "Observed", "Http11Client", "in_process", "in_core", "live", "open_driver", "IN_PROCESS_URL"]
 
 IN_PROCESS_URL = "http://harness.local"
 DRIVERS = ("asgi", "core")
@@ -434,7 +432,7 @@ class Driver:
 async def in_process(*, max_body: int = 1024 * 1024, new_key: Callable[[], str] | None = None) -> AsyncIterator[Driver]:
     """A fresh in-memory gate behind its Quart app, in this trio run; use under a MockClock.
 
-    ``new_key`` draws the gate's conversation keys (e.g. :func:`seeded_keys`, so a run's keys
+    ``new_key`` draws the gate's conversation keys (e.g. :class:`~harness.runner.engine.SeededKeys`, so a run's keys
     repeat with its seed, SPEC §15.5); default: the OS's randomness.
     """
     gate = Gate(store=MemoryStore(), public_url=IN_PROCESS_URL, new_key=new_key)
@@ -480,19 +478,9 @@ async def in_core(*, max_body: int = 1024 * 1024, new_key: Callable[[], str] | N
         nursery.cancel_scope.cancel()
 
 
-def seeded_keys(seed: int | Sequence[int]) -> Callable[[], str]:
-    """Conversation keys drawn from ``seed``: 192 bits each, base64url, the same for the same seed.
-
-    For in-process runs only (reproducible to the bit, SPEC §15.5); a served gate keeps the OS's
-    randomness.
-    """
-    generator = random.Random(repr(seed))
-    return lambda: base64.urlsafe_b64encode(generator.getrandbits(KEY_BYTES * 8).to_bytes(KEY_BYTES, "big")).decode()
-
-
 def open_driver(name: str, *, new_key: Callable[[], str] | None = None) -> Any:
     """The in-process driver called ``name`` (:data:`DRIVERS`), as an async context manager;
-    ``new_key`` draws its gate's conversation keys (see :func:`seeded_keys`)."""
+    ``new_key`` draws its gate's conversation keys (see :class:`~harness.runner.engine.SeededKeys`)."""
     if name == "asgi":
         return in_process(new_key=new_key)
     if name == "core":

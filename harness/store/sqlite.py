@@ -112,6 +112,7 @@ CREATE TABLE IF NOT EXISTS counters (
 CACHE_SIZE = 10_000  # conversations kept as snapshots per process (the rest load from disk on demand)
 BUSY_TIMEOUT_S = 1.0  # a lock held longer than this: StoreUnavailable, 503 (SPEC §13.3: within 5 s)
 PROBE_TIMEOUT_S = 0.1  # /healthz asks for the write lock this long at most
+QUEUE_TIMEOUT_S = 4.0  # a request waiting this long for its turn at the file: 503 (within SPEC §13.3's 5 s)
 
 
 class SqliteStore:
@@ -126,6 +127,7 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._local = threading.local()  # one connection per thread
         self._lock = threading.Lock()  # guards the connection list and the two caches (threads share them)
+        self._one_at_a_time = trio.Lock()
         try:
             db = self._connection()
             db.execute("PRAGMA journal_mode=WAL")
@@ -164,7 +166,19 @@ class SqliteStore:
         self.clock.unix(0.0)  # fix the clock's mapping here: a worker thread cannot read trio's clock
         if scripts_run_inline():
             return self._call(work, *args)
-        return await trio.to_thread.run_sync(self._call, work, *args)
+        # One statement at a time per process: requests queue here, in trio, rather than in
+        # SQLite's busy handler, whose sleeps would turn a burst of this process's own writes into
+        # 503s. The busy timeout is then only ever spent waiting for another process's lock.
+        # Only the wait for a turn is bounded: once the work runs it finishes, so a 503 always
+        # means nothing changed.
+        with trio.move_on_after(QUEUE_TIMEOUT_S) as queued:
+            await self._one_at_a_time.acquire()
+        if queued.cancelled_caught:
+            raise StoreUnavailable(f"sqlite: busy (a request waited {QUEUE_TIMEOUT_S:g} s for its turn at the file)")
+        try:
+            return await trio.to_thread.run_sync(self._call, work, *args)
+        finally:
+            self._one_at_a_time.release()
 
     def _call(self, work: Callable[..., T], *args: Any) -> T:
         try:
