@@ -94,6 +94,7 @@ def test_harness_serve_stays_responsive_while_another_process_locks_the_file_for
         try:
             assert hold.stdout is not None and hold.stdout.readline().strip() == "locked"
             locked_at = time.monotonic()
+            time.sleep(0.3)  # /healthz may answer from its last probe for up to 0.25 s
             health_times, statuses = [], []
             while time.monotonic() - locked_at < 7:
                 started = time.monotonic()
