@@ -476,3 +476,15 @@ def test_a_bigint_runaway_is_stopped_and_holds_nobody_up(tmp_path: Path) -> None
         server.process.wait(timeout=30)
         assert time.monotonic() - stopped_at <= 5.0
         stopper.join()
+
+
+def test_an_idle_keep_alive_connection_does_not_hold_up_a_stop(tmp_path: Path) -> None:
+    """A browser (or a sender's pool) keeps its connection open after its last request: SIGTERM
+    still stops the server at once, not after the whole graceful timeout (30 s)."""
+    server = harness_serve(log=tmp_path / "serve.log")
+    with server, httpx.Client(timeout=10) as client:
+        assert client.get(f"{server.url}/healthz").status_code == 200  # the connection stays open
+        asked = time.monotonic()
+        server.process.terminate()
+        assert server.process.wait(timeout=20) == 0
+        assert time.monotonic() - asked < 10

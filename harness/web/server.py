@@ -294,7 +294,10 @@ async def serve(
     Why the long default: hypercorn's own is 3 s, after which it cancels what is still running;
     a webhook call whose resolution was committed but whose flow (scripts, up to 1.5 s per step)
     or answer was still on its way would then be dropped, and the sender's retry would get 409.
-    Idle keep-alive connections close at once; only requests in flight hold the stop up.
+    Idle keep-alive connections do not hold the stop up: once the requests in flight have been
+    answered (counted by :class:`_InFlight`), whatever connections are left are closed. (Left to
+    hypercorn, a keep-alive connection that had served a request held the stop for the whole
+    ``graceful_timeout``.)
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -310,12 +313,26 @@ async def serve(
     config.errorlog = log
     config.graceful_timeout = graceful_timeout
     hypercorn_limits(config, body_timeout=body_timeout)
-    app = create_app(gate, max_body=max_body, api_token=api_token, body_timeout=body_timeout)
+    app: Any = _InFlight(create_app(gate, max_body=max_body, api_token=api_token, body_timeout=body_timeout))
+    stopping = trio.Event()
+
+    async def stop_accepting() -> None:
+        await (shutdown_trigger or trio.sleep_forever)()
+        stopping.set()
+
     async with trio.open_nursery() as nursery:
 
         async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+            await hypercorn_serve(app, config, shutdown_trigger=stop_accepting, task_status=task_status)
             nursery.cancel_scope.cancel()  # graceful shutdown done: stop the deadline scheduler too
+
+        async def close_when_answered() -> None:
+            await stopping.wait()
+            with trio.move_on_after(graceful_timeout):
+                await app.all_answered()
+            nursery.cancel_scope.cancel()  # only idle connections are left (or the graceful time is up)
+
+        nursery.start_soon(close_when_answered)
 
         await nursery.start(gate.run)
         prestart_script_workers()  # their start-up (an interpreter each) is not charged to the first script
@@ -324,3 +341,36 @@ async def serve(
         if public_url is None:
             gate.public_url = base_url.rstrip("/")
         task_status.started(base_url)
+
+
+class _InFlight:
+    """ASGI middleware that counts the HTTP requests being served, so a stop can end as soon as
+    every one has been answered, without waiting for idle keep-alive connections."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+        self._none_left = trio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._none_left.set()
+
+    async def all_answered(self) -> None:
+        """Return once no request is in flight (checked again after a moment: a keep-alive client
+        may have sent one more while the listener closed)."""
+        while True:
+            if self.count:
+                self._none_left = trio.Event()
+                await self._none_left.wait()
+            await trio.sleep(0.05)  # let the last answer's bytes leave
+            if not self.count:
+                return
+
