@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,18 @@ from harness.web.server import create_app
 ROOT = Path(__file__).resolve().parent.parent
 BOTS = ROOT / "scenarios" / "bots"
 PUBLIC_URL = "http://gate.test"
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """`harness serve` run in process (CliRunner) configures the root logger at info; undo it, or
+    every later test's resolutions are logged and kept by pytest's log capture (memory tests then
+    measure the log)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 @pytest.fixture
