@@ -58,3 +58,6 @@ def long_lived_state_out_of_gc() -> Iterator[None]:
                 gc.set_threshold(*_saved_thresholds)
                 gc.callbacks.remove(_freeze_survivors)
                 gc.unfreeze()
+                # What died while frozen (cycles of finished conversations) is garbage now: a
+                # worker running piece after piece would otherwise carry every piece's cycles.
+                gc.collect()
