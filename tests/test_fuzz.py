@@ -195,3 +195,45 @@ def test_loader_accepts_the_shipped_bots_through_the_same_path() -> None:
 
     for path in BOTS.glob("*.toml"):
         assert parse_bot(tomllib.loads(path.read_text())).id
+
+
+# JSON texts near every edge check_json_value guards: escapes (lone surrogates), deep nesting,
+# exponents and long digit runs (floats that overflow to inf).
+_edgy_pieces = st.sampled_from(['"\\ud800"', '"\\udc00x"', '"\\u00e9"', '"\\\\u"', "1e999", "-1E400", "1e5", "0.5e-3",
+                                "1" * 310 + ".0", "1" * 310, "[", "]", "{", "}", '"k":', ",", "null", '"1e9"'])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(json_values.map(json.dumps), st.lists(_edgy_pieces, max_size=80).map("".join),
+                 st.integers(1, 80).map(lambda depth: "[" * depth + "]" * depth)))
+def test_parse_json_refuses_exactly_what_the_full_check_refuses(text: str) -> None:
+    """The fast path (no walk when the text shows nothing to refuse) decides like the walk."""
+    from harness.core.errors import Refused
+    from harness.core.jsonsafe import UnsafeValue, check_json_value
+    from harness.core.webhooks import parse_json
+
+    try:
+        document = json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+        check_json_value(document)
+        expected: Any = document
+    except (ValueError, RecursionError, UnsafeValue):
+        expected = Refused
+    try:
+        got: Any = parse_json(text.encode("utf-8", "surrogatepass"))
+    except Refused:
+        got = Refused
+    assert got == expected or (expected is not Refused and json.dumps(got) == json.dumps(expected))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values.map(json.dumps), st.lists(_edgy_pieces | st.sampled_from(["NaN", "-Infinity", '"é"']),
+                                                       max_size=80).map("".join)))
+def test_safe_by_its_text_never_passes_what_the_walk_refuses(text: str) -> None:
+    from harness.core.jsonsafe import check_json_value, safe_by_its_text
+
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return
+    if safe_by_its_text(text):
+        check_json_value(document)  # raises UnsafeValue if the fast path let through what the walk refuses

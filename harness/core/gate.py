@@ -385,7 +385,8 @@ class Gate:
         if variables is not None and not isinstance(variables, dict):
             raise Refused("invalid_payload", "variables must be a JSON object")
         try:
-            check_json_value(variables or {})
+            if variables:
+                check_json_value(variables)
         except UnsafeValue as error:
             raise Refused("invalid_payload", f"variables: {error}") from None
         now = trio.current_time()
@@ -469,8 +470,8 @@ class Gate:
     def _resolved(self, conversation: Conversation, wait: Wait, now: float | None) -> None:
         """Count, show and log a committed resolution."""
         self.stats.resolutions[(wait.outcome or "", wait.reason or "")] += 1
-        self.recent_resolutions.append({
-            "at": self.clock.iso(now), "bot": conversation.bot, "block": wait.block,
+        self.recent_resolutions.append({  # "at" in trio time: formatted when shown, not per resolution
+            "at": now, "bot": conversation.bot, "block": wait.block,
             "conversation": conversation.key[:8] + "…", "outcome": wait.outcome, "reason": wait.reason,
             "waited_s": wait.waited_s,
         })
@@ -552,7 +553,7 @@ class Gate:
         await self.store.add_late_call(conversation, late)
         self.stats.late_calls += 1
         self.recent_late_calls.append({
-            "at": self.clock.iso(now), "bot": conversation.bot, "block": block_id,
+            "at": now, "bot": conversation.bot, "block": block_id,
             "conversation": conversation.key[:8] + "…", "after_deadline_s": late["after_deadline_s"],
         })
         raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")

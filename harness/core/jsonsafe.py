@@ -17,11 +17,12 @@ harness.core.jsonsafe.UnsafeValue: a string at a is not valid Unicode (lone surr
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from itertools import chain, compress
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "UnsafeValue", "check_json_value"]
+__all__ = ["MAX_DEPTH", "UnsafeValue", "check_json_value", "safe_by_its_text"]
 
 MAX_DEPTH = 64
 
@@ -45,6 +46,22 @@ def check_json_value(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
     if not _is_plain(value, max_depth):
         _locate(value, max_depth)
         raise UnsafeValue("not plain JSON data")  # _locate raises first; this is a backstop
+
+
+# A number that might overflow to inf: one with an exponent, or more digits than a double's range
+# ("ab3e" inside a key is no number: what precedes a number token is a separator or a sign).
+_MAYBE_HUGE_NUMBER = re.compile(r"(?:^|[\s:,\[-])[0-9]+(?:\.[0-9]*)?[eE]|[0-9]{300}")
+
+
+def safe_by_its_text(text: str) -> bool:
+    """True when ``json.loads(text)`` cannot hold anything that :func:`check_json_value` refuses,
+    as the text itself shows: ASCII with no ``\\u`` escape has no lone surrogate, each level of
+    nesting needs a ``[`` or ``{``, and a non-finite float needs ``NaN``, ``Infinity``, an
+    exponent or 300+ digits. A usual webhook body, or a script's variables, passes these
+    C-speed scans and skips the walk.
+    """
+    return (text.isascii() and "\\u" not in text and text.count("[") + text.count("{") <= MAX_DEPTH
+            and "NaN" not in text and "Infinity" not in text and _MAYBE_HUGE_NUMBER.search(text) is None)
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})

@@ -13,6 +13,7 @@ Countdowns run in the browser between polls: the snapshot carries the server's c
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from importlib.resources import files
 from typing import Any
 
@@ -20,6 +21,7 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
+from ..core.conversations import WallClock
 from ..core.gate import Gate
 from .deliveries import Deliveries
 
@@ -73,8 +75,8 @@ async def snapshot(gate: Gate, deliveries: Deliveries | None = None) -> dict[str
         "bots": [{"id": bot.id, "name": bot.name, "webhooks": gate.webhook_urls(bot),
                   "derived_from": derived_from(bot.id, ids)} for bot in bots],
         "open_waits": {"count": open_count, "shown": open_waits},
-        "recent_resolutions": list(reversed(gate.recent_resolutions)),  # newest first
-        "recent_late_calls": list(reversed(gate.recent_late_calls)),
+        "recent_resolutions": _timed(gate.recent_resolutions, clock),  # newest first
+        "recent_late_calls": _timed(gate.recent_late_calls, clock),
         "deliveries": recent,  # newest first: accepted (2xx) and refused (4xx) webhook calls
         "refused": refused,
         "counters": {
@@ -89,6 +91,11 @@ async def snapshot(gate: Gate, deliveries: Deliveries | None = None) -> dict[str
             "refused_calls": deliveries.refused_total if deliveries is not None else 0,
         },
     }
+
+
+def _timed(entries: Iterable[dict[str, Any]], clock: WallClock) -> list[dict[str, Any]]:
+    """The gate's recent entries, newest first, their trio-time ``at`` as an ISO timestamp."""
+    return [{**entry, "at": clock.iso(entry["at"])} for entry in reversed(list(entries))]
 
 
 def _asset(name: str) -> str:
