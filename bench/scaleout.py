@@ -22,10 +22,8 @@ The client, the servers and PostgreSQL share the machine's cores, so ``--workers
 show what a second process gains when the cores are not free; on separate machines each gate
 process is a whole core's worth.
 
-The live page's data on PostgreSQL (SPEC §17.7) comes last: ``GET /api/dashboard``'s snapshot
-(the open-wait count from its counter rows, the soonest 100 open waits from the deadline index,
-the bots) timed as served in real time, median of 30 polls, at 100 open waits and at 25,000 — the
-waits opened through a gate, then copied in SQL with fresh keys to reach 25,000 quickly.
+The live page's data on PostgreSQL (``GET /api/dashboard``) is measured by :mod:`bench.dashboard`,
+in one table with the memory and SQLite stores.
 
     python3 -m bench.scaleout               # 2,000 calls per measurement, 3 rounds
     python3 -m bench.scaleout --quick       # 300 calls, 1 round (CI)
@@ -47,18 +45,13 @@ import httpx
 import numpy as np
 import trio
 
-from harness.core.bots import parse_bot
-from harness.core.gate import Gate
-from harness.store import open_store, store_clock
 from harness.testing import LocalPostgres, ServerProcess
 
 from ._report import header, row
-from .dashboard import POLLS, polls
 from .http_throughput import BOT, drive, payload
 
 CONNECTIONS = 32
 STARTERS = 16
-OPENED = 100  # waits opened through the gate; the rest are SQL copies of them
 
 
 @dataclass
@@ -169,53 +162,6 @@ def measure(config: Config, store: str, calls: int, log: Path, database_pid: int
     config.p99s.append(float(np.percentile(latency, 99)) * 1000)
 
 
-async def open_waits_through_a_gate(url: str) -> None:
-    store = open_store(url)
-    gate = Gate(store=store, clock=store_clock(store))
-    await gate.add_bot(parse_bot(BOT))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(gate.run)
-        for _ in range(OPENED):
-            await gate.start_conversation("bench")
-        nursery.cancel_scope.cancel()
-    await store.close()
-
-
-def copy_open_waits(url: str, total: int) -> None:
-    """Copy the gate-written conversations and waits with fresh keys until ``total`` are open."""
-    import psycopg
-
-    with psycopg.connect(url) as connection, connection.transaction():
-        copies = {"copies": total // OPENED - 1, "extra": (total // OPENED - 1) * OPENED}
-        connection.execute(
-            "INSERT INTO conversations (key, bot, version, state, late_calls_total)"
-            " SELECT c.key || '-' || n, c.bot, c.version, c.state, 0 FROM conversations c,"
-            " generate_series(1, %(copies)s) AS n", copies)
-        connection.execute(
-            "INSERT INTO waits (key, idx, block, opened_at, deadline, timeout_s)"
-            " SELECT w.key || '-' || n, w.idx, w.block, w.opened_at, w.deadline + n * 0.001, w.timeout_s"
-            " FROM waits w, generate_series(1, %(copies)s) AS n", copies)
-        connection.execute("UPDATE open_wait_counts SET value = value + %(extra)s WHERE slot = 0", copies)
-        connection.execute("ANALYZE")
-
-
-async def dashboard_poll_ms(url: str) -> float:
-    store = open_store(url)
-    seconds = await polls(Gate(store=store, clock=store_clock(store)))
-    await store.close()
-    return seconds * 1000
-
-
-def dashboard_cost(postgres: LocalPostgres, sizes: list[int]) -> list[tuple[int, float]]:
-    figures = []
-    for size in sizes:
-        url = postgres.create_database(f"dashboard{size}")
-        trio.run(open_waits_through_a_gate, url)
-        copy_open_waits(url, size)
-        figures.append((size, trio.run(dashboard_poll_ms, url)))
-    return figures
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small, one round, for CI")
@@ -235,7 +181,6 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(rounds):
             for config in CONFIGS:
                 measure(config, stores[config.store](), calls, folder / "serve.log", postmaster_pid(postgres))
-        dashboard = dashboard_cost(postgres, [OPENED, 25_000])
     finally:
         postgres.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -263,11 +208,6 @@ def main(argv: list[str] | None = None) -> None:
     postgres_one, sqlite_one = by_label["PostgreSQL, 1 process"], by_label["SQLite, 1 process"]
     ratios = [p / s for p, s in zip(postgres_one.per_cpu_s, sqlite_one.per_cpu_s)]
     print(f"   PostgreSQL / SQLite, 1 process, resolutions per CPU second: {statistics.median(ratios):.2f}")
-
-    header(f"GET /api/dashboard data on PostgreSQL: median ms of {POLLS} polls, and the ratio to {OPENED} open waits")
-    row("open waits", "ms per poll", "ratio", widths=(14, 14, 10))
-    for size, milliseconds in dashboard:
-        row(f"{size:,}", f"{milliseconds:.2f}", f"{milliseconds / dashboard[0][1]:.2f}", widths=(14, 14, 10))
 
 
 if __name__ == "__main__":

@@ -488,7 +488,7 @@ def run(
 
     import time
 
-    from .runner import ResultsWriter, RunError, stream_loaded_scenario, to_frame
+    from .runner import ResultsWriter, RunError, RunOptions, stream_loaded_scenario, to_frame
     from .runner.api import runnable
     from .runner.engine import RunInterrupted
     from .runner.progress import progress_display
@@ -512,9 +512,9 @@ def run(
             pending: list[pd.DataFrame] = []  # the sub-case being summarised (an interruption keeps it)
             try:
                 with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
-                    pieces = stream_loaded_scenario(scenario, target=target, concurrency=concurrency,
-                                                    workers=workers, executor=executor, driver=driver,
-                                                    progress=progress, api_token=api_token, time_scale=time_scale)
+                    pieces = stream_loaded_scenario(scenario, RunOptions(
+                        target=target, concurrency=concurrency, workers=workers, executor=executor, driver=driver,
+                        progress=progress, api_token=api_token, time_scale=time_scale))
                     for rows in by_subcase(_written(pieces, writer, pending)):
                         del pending[:-1]  # the last piece may hold the next sub-case's first rows
                         results.extend(case_results(rows))

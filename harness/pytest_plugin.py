@@ -95,13 +95,13 @@ class ScenarioFile(pytest.File):
         if self._outcome is None:
             from dataclasses import replace
 
-            from .runner import run_loaded_scenario
+            from .runner import RunOptions, run_loaded_scenario
 
             selected = list({id(item.subcase): item.subcase for item in self.session.items
                              if isinstance(item, ScenarioItem) and item.parent is self}.values())
             try:
                 self._outcome = run_loaded_scenario(replace(self.scenario, subcases=selected),
-                                                    target=self.config.getoption("harness_target"))
+                                                    RunOptions(target=self.config.getoption("harness_target")))
             except Exception as error:  # RunError, an unreachable gate: every item reports it
                 self._outcome = error
         if isinstance(self._outcome, Exception):

@@ -118,13 +118,13 @@ def test_a_script_without_a_main_guard_runs_on_several_processes(tmp_path: Path)
 
 
 def test_progress_callbacks_count_every_conversation_started_and_done() -> None:
-    from harness.runner import as_scenario, run_loaded_scenario
+    from harness.runner import RunOptions, as_scenario, run_loaded_scenario
 
     started: list[int] = []
     done: list[int] = []
-    frame = run_loaded_scenario(as_scenario(SPREAD), workers=1, driver="core",
-                                on_conversation_started=lambda: started.append(1),
-                                on_conversation_done=lambda: done.append(1))
+    frame = run_loaded_scenario(as_scenario(SPREAD), RunOptions(
+        workers=1, driver="core", on_conversation_started=lambda: started.append(1),
+        on_conversation_done=lambda: done.append(1)))
     assert len(started) == len(done) == len(frame) == 600
 
 

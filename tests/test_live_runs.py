@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from harness.runner import load_scenario, run_loaded_scenario, run_scenario
+from harness.runner import RunOptions, load_scenario, run_loaded_scenario, run_scenario
 from harness.runner.report import case_results, in_run_order, skipped_results, verdict_line
 from harness.testing import ServerProcess
 
@@ -66,7 +66,7 @@ def test_the_payment_suite_passes_live_with_its_waits_shortened(suite_server: st
     # and 20 conversations each, so that a loaded CI machine runs it in well under a minute.
     scenario = load_scenario(ROOT / "scenarios" / "payment.toml")
     scenario = replace(scenario, subcases=[replace(s, conversations=min(s.conversations, 20)) for s in scenario.subcases])
-    frame = run_loaded_scenario(scenario, target=suite_server, time_scale=0.1)
+    frame = run_loaded_scenario(scenario, RunOptions(target=suite_server, time_scale=0.1))
     results = in_run_order([scenario], case_results(frame), skipped_results(scenario, "live"))
     assert verdict_line(results) == "1 scenario, 14 cases: all passed, 1 skipped (payment-callbacks/just_in_time)", \
         "\n".join(r.message for r in results if not r.passed)

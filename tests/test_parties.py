@@ -228,13 +228,13 @@ def test_summary_and_junit_of_a_run_with_parties_are_written_by_the_cli(tmp_path
 def test_progress_counts_each_start_as_it_happens_and_each_conversation_once() -> None:
     import trio
 
-    from harness.runner import as_scenario, run_loaded_scenario
+    from harness.runner import RunOptions, as_scenario, run_loaded_scenario
 
     events: list[tuple[str, float]] = []
     document = two_party_scenario({"delay_s": 100}, {"delay_s": 90}, conversations=20, arrival_rate=1)
-    frame = run_loaded_scenario(as_scenario(document), workers=1,
-                                on_conversation_started=lambda: events.append(("started", trio.current_time())),
-                                on_conversation_done=lambda: events.append(("done", trio.current_time())))
+    frame = run_loaded_scenario(as_scenario(document), RunOptions(
+        workers=1, on_conversation_started=lambda: events.append(("started", trio.current_time())),
+        on_conversation_done=lambda: events.append(("done", trio.current_time()))))
     assert len(frame) == 40  # two rows per conversation, one "done" each
     kinds = [kind for kind, _ in events]
     assert kinds.count("started") == kinds.count("done") == 20

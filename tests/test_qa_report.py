@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.runner import load_scenario, run_loaded_scenario, run_scenario
+from harness.runner import RunOptions, load_scenario, run_loaded_scenario, run_scenario
 from harness.runner.progress import Counts, PlainProgress
 
 from .conftest import BOTS, ROOT
@@ -147,7 +147,7 @@ def test_plain_progress_writes_a_line_every_interval_while_nothing_happens() -> 
 
 def test_the_runner_reports_every_start_and_finish(tmp_path: Path) -> None:
     counts = Counts("c", 7)
-    run_loaded_scenario(load_scenario(write(tmp_path, "c", ON_TIME, conversations=7)), progress=counts)
+    run_loaded_scenario(load_scenario(write(tmp_path, "c", ON_TIME, conversations=7)), RunOptions(progress=counts))
     assert counts.counts() == (7, 7)
 
 

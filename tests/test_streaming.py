@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.runner import (
     ResultsWriter,
+    RunOptions,
     as_scenario,
     concat_results,
     load_results,
@@ -58,7 +59,7 @@ def without_keys(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_pieces_are_bounded_in_order_and_give_the_rows_of_one_whole_run(small_pieces: None) -> None:
-    pieces = list(stream_loaded_scenario(as_scenario(MIXED), workers=1, driver="core"))
+    pieces = list(stream_loaded_scenario(as_scenario(MIXED), RunOptions(workers=1, driver="core")))
     # `other` (70 conversations) stays whole: its keys depend on each other.
     assert [len(piece) for piece in pieces] == [46, 46, 46, 46, 46, 30, 70, 40, 40]
     frame = concat_results(pieces)
@@ -87,7 +88,7 @@ TWO_PARTIES = {
 
 
 def test_a_case_with_parties_is_cut_by_conversation_and_keeps_its_seeded_keys(small_pieces: None) -> None:
-    pieces = list(stream_loaded_scenario(as_scenario(TWO_PARTIES), workers=1, driver="core"))
+    pieces = list(stream_loaded_scenario(as_scenario(TWO_PARTIES), RunOptions(workers=1, driver="core")))
     # A row per party: 40 conversations (80 rows) a piece; a party with key = "other" keeps its case whole.
     assert [(len(piece), set(piece["case"].astype(str))) for piece in pieces] == [
         (80, {"pair"}), (80, {"pair"}), (80, {"pair"}), (140, {"pair_other"})]
@@ -100,7 +101,7 @@ def test_a_case_with_parties_is_cut_by_conversation_and_keeps_its_seeded_keys(sm
 
 
 def test_by_subcase_regroups_pieces_into_one_frame_per_sub_case(small_pieces: None) -> None:
-    pieces = stream_loaded_scenario(as_scenario(MIXED), workers=1, driver="core")
+    pieces = stream_loaded_scenario(as_scenario(MIXED), RunOptions(workers=1, driver="core"))
     groups = list(by_subcase(pieces))
     assert [(str(g["case"].iloc[0]), str(g["variant"].iloc[0]), len(g)) for g in groups] == [
         ("big", "", 230), ("errors_first", "", 30), ("other", "", 70),
@@ -113,7 +114,7 @@ def test_a_file_written_piece_by_piece_reads_back_as_the_whole_frame(tmp_path: P
                                                                      small_pieces: None) -> None:
     path = tmp_path / f"streamed{suffix}"
     with ResultsWriter(path) as writer:
-        for piece in stream_loaded_scenario(as_scenario(MIXED), workers=1, driver="core"):
+        for piece in stream_loaded_scenario(as_scenario(MIXED), RunOptions(workers=1, driver="core")):
             writer.write(piece)
     assert writer.rows == 410
     frame = whole_run(MIXED)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .api import as_scenario, run_loaded_scenario, run_scenario, stream_loaded_scenario
+    from .api import RunOptions, as_scenario, run_loaded_scenario, run_scenario, stream_loaded_scenario
     from .drivers import Driver, in_process, live
     from .engine import RunError, execute
     from .results import ResultsWriter, concat_results, load_results, save_results, summarize, to_frame
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # public name -> the module that defines it
 _HOMES = {
     "as_scenario": ".api", "run_loaded_scenario": ".api", "run_scenario": ".api",
-    "stream_loaded_scenario": ".api",
+    "stream_loaded_scenario": ".api", "RunOptions": ".api",
     "Driver": ".drivers", "in_process": ".drivers", "live": ".drivers",
     "RunError": ".engine", "execute": ".engine",
     "load_results": ".results", "save_results": ".results", "summarize": ".results", "to_frame": ".results",
@@ -38,6 +38,7 @@ __all__ = [
     "InvalidScenario",
     "ResultsWriter",
     "RunError",
+    "RunOptions",
     "Scenario",
     "SubCase",
     "as_scenario",

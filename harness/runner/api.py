@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from .results import ResultBlock, concat_results, to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario, time_scaled
 from .shards import auto_workers, outside_any_event_loop, run_pieces
 
-__all__ = ["run_scenario", "run_loaded_scenario", "stream_loaded_scenario", "as_scenario", "runnable"]
+__all__ = ["run_scenario", "RunOptions", "run_loaded_scenario", "stream_loaded_scenario", "as_scenario", "runnable"]
 
 
 def as_scenario(path_or_dict: str | Path | dict[str, Any] | Scenario, *, seed: int | None = None) -> Scenario:
@@ -49,41 +49,36 @@ def runnable(scenario: Scenario, *, live: bool) -> Scenario:
     return replace(scenario, subcases=[subcase for subcase in scenario.subcases if mode in subcase.modes])
 
 
-def run_loaded_scenario(
-    scenario: Scenario,
-    *,
-    target: str | Sequence[str] | None = None,
-    on_conversation_started: Callable[[], None] | None = None,
-    on_conversation_done: Callable[[], None] | None = None,
-    concurrency: int = 64,
-    workers: int | None = None,
-    executor: Executor | None = None,
-    driver: str = "asgi",
-    progress: Progress = NO_PROGRESS,
-    api_token: str | None = None,
-    time_scale: float = 1.0,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class RunOptions:
+    """How :func:`run_loaded_scenario` and :func:`stream_loaded_scenario` run a validated scenario
+    (:func:`run_scenario` builds one from its arguments).
+
+    ``target``: a live gate's URL, or a list of URLs of gates sharing one store (``None``: a fresh
+    in-process gate in virtual time); ``api_token``: its ``--api-token``; ``concurrency``: requests
+    in flight at most on a live run. ``workers``, ``executor`` and ``driver`` say how a virtual run
+    spreads and reaches its gate. ``progress`` and the two callbacks hear of every conversation's
+    start and end. ``time_scale`` multiplies every duration of the scenario.
+    """
+
+    target: str | Sequence[str] | None = None
+    on_conversation_started: Callable[[], None] | None = None
+    on_conversation_done: Callable[[], None] | None = None
+    concurrency: int = 64
+    workers: int | None = None
+    executor: Executor | None = None
+    driver: str = "asgi"
+    progress: Progress = NO_PROGRESS
+    api_token: str | None = None
+    time_scale: float = 1.0
+
+
+def run_loaded_scenario(scenario: Scenario, options: RunOptions = RunOptions()) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario` and :func:`stream_loaded_scenario`."""
-    return concat_results(stream_loaded_scenario(
-        scenario, target=target, on_conversation_started=on_conversation_started,
-        on_conversation_done=on_conversation_done, concurrency=concurrency, workers=workers, executor=executor,
-        driver=driver, progress=progress, api_token=api_token, time_scale=time_scale))
+    return concat_results(stream_loaded_scenario(scenario, options))
 
 
-def stream_loaded_scenario(
-    scenario: Scenario,
-    *,
-    target: str | Sequence[str] | None = None,
-    on_conversation_started: Callable[[], None] | None = None,
-    on_conversation_done: Callable[[], None] | None = None,
-    concurrency: int = 64,
-    workers: int | None = None,
-    executor: Executor | None = None,
-    driver: str = "asgi",
-    progress: Progress = NO_PROGRESS,
-    api_token: str | None = None,
-    time_scale: float = 1.0,
-) -> Iterator[pd.DataFrame]:
+def stream_loaded_scenario(scenario: Scenario, options: RunOptions = RunOptions()) -> Iterator[pd.DataFrame]:
     """Run a validated scenario; yield its rows as typed frames, piece by piece, in run order.
 
     A virtual-time run comes in pieces of at most
@@ -95,17 +90,19 @@ def stream_loaded_scenario(
 
     Only the sub-cases whose ``modes`` include this run's mode run (``"live"`` with a
     ``target``, else ``"virtual"``): the others have no rows (:func:`~harness.runner.report.skipped_results`
-    names them). ``time_scale`` multiplies every duration of the scenario (:func:`time_scaled`).
+    names them). ``options.time_scale`` multiplies every duration of the scenario (:func:`time_scaled`).
 
-    ``progress`` hears of every conversation that starts and finishes (see
+    ``options.progress`` hears of every conversation that starts and finishes (see
     :mod:`harness.runner.progress`); the callbacks are called once per conversation too, when its
     start returns and when its row is written — from worker processes as well, in batches.
     """
-    if driver not in DRIVERS:
-        raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
+    target, progress = options.target, options.progress
+    on_conversation_started, on_conversation_done = options.on_conversation_started, options.on_conversation_done
+    if options.driver not in DRIVERS:
+        raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {options.driver!r}")
     if target is not None and not isinstance(target, str) and not target:
         target = None  # an empty list of targets: in process
-    scenario = runnable(time_scaled(scenario, time_scale), live=target is not None)
+    scenario = runnable(time_scaled(scenario, options.time_scale), live=target is not None)
     on_started, on_done = on_conversation_started, on_conversation_done
     if progress is not NO_PROGRESS:
 
@@ -121,7 +118,7 @@ def stream_loaded_scenario(
 
         on_started, on_done = started, finished
     try:
-        for blocks in _run(scenario, target, on_started, on_done, concurrency, workers, executor, driver, api_token):
+        for blocks in _run(scenario, target, on_started, on_done, options):
             yield to_frame(blocks)
     except* DelayError as group:
         # A delay callable's bad output is found while drawing, inside trio's nurseries: say it plainly.
@@ -135,19 +132,18 @@ def stream_loaded_scenario(
 
 
 def _run(scenario: Scenario, target: str | Sequence[str] | None, on_started: Callable[[], None] | None,
-         on_done: Callable[[], None] | None, concurrency: int, workers: int | None, executor: Executor | None,
-         driver: str, api_token: str | None) -> Iterator[list[ResultBlock]]:
+         on_done: Callable[[], None] | None, options: RunOptions) -> Iterator[list[ResultBlock]]:
     if target is not None:
 
         async def real_time() -> list[ResultBlock]:
-            async with live(target, concurrency=concurrency, api_token=api_token) as gate_driver:
+            async with live(target, concurrency=options.concurrency, api_token=options.api_token) as gate_driver:
                 return await execute(scenario, gate_driver, on_conversation_started=on_started,
                                      on_conversation_done=on_done)
 
         return iter([outside_any_event_loop(lambda: trio.run(real_time))])
-    processes = auto_workers(scenario) if workers is None else max(1, workers)
-    return run_pieces(scenario, processes, executor=executor, driver=driver, on_conversation_started=on_started,
-                      on_conversation_done=on_done)
+    processes = auto_workers(scenario) if options.workers is None else max(1, options.workers)
+    return run_pieces(scenario, processes, executor=options.executor, driver=options.driver,
+                      on_conversation_started=on_started, on_conversation_done=on_done)
 
 
 def run_scenario(
@@ -183,10 +179,10 @@ def run_scenario(
         frame.groupby("case", observed=True)["outcome"].value_counts()
     """
     scenario = as_scenario(path_or_dict, seed=seed)
+    options = RunOptions(target=target, workers=workers, executor=executor, driver=driver, api_token=api_token,
+                         time_scale=time_scale)
     if not progress:
-        return run_loaded_scenario(scenario, target=target, workers=workers, executor=executor, driver=driver,
-                                   api_token=api_token, time_scale=time_scale)
+        return run_loaded_scenario(scenario, options)
     total = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
     with NotebookProgress(scenario.name, total) as bar:
-        return run_loaded_scenario(scenario, target=target, workers=workers, executor=executor, driver=driver,
-                                   progress=bar, api_token=api_token, time_scale=time_scale)
+        return run_loaded_scenario(scenario, replace(options, progress=bar))

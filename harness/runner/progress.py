@@ -15,7 +15,7 @@ Displays (context managers; leaving one prints its last state):
 
 :func:`progress_display` picks the first two by whether the stream is a terminal.
 
-``run_loaded_scenario(..., progress=P)`` hands ``P.started`` and ``P.finished`` to the engine as
+``run_loaded_scenario(scenario, RunOptions(progress=P))`` hands ``P.started`` and ``P.finished`` to the engine as
 its ``on_conversation_started`` / ``on_conversation_done`` callbacks; work spread over processes
 reports both in batches (per finished shard on a foreign executor).
 """

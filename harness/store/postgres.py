@@ -51,7 +51,7 @@ from ..core.conversations import MAX_LATE_CALLS, Conversation, EarlyCall, WallCl
 from ..core.errors import Refused
 from ..core.js import scripts_run_inline
 from ..core.store import OpenWait, StoreUnavailable
-from .rows import WAIT_COLUMNS, conversation_from_rows, state_json, wait_rows
+from .rows import WAIT_COLUMNS, conversation_from_rows, open_wait_rows, state_json, wait_rows
 
 if TYPE_CHECKING:
     import psycopg
@@ -304,7 +304,7 @@ class PostgresStore:
                 connection.execute("INSERT INTO conversations (key, bot, version, state) VALUES (%s, %s, 1, %s)",
                                    (conversation.key, conversation.bot, state))
                 _insert_waits(connection, waits)
-                _count_open_waits(connection, _open_rows(waits))
+                _count_open_waits(connection, open_wait_rows(waits))
 
         await self._run(insert)
         conversation.version = 1
@@ -390,7 +390,7 @@ class PostgresStore:
                     if claimed != 1 or updated != 1:
                         raise _Lost
                     _insert_waits(connection, later_waits)
-                    _count_open_waits(connection, _open_rows(later_waits) - 1)
+                    _count_open_waits(connection, open_wait_rows(later_waits) - 1)
                     if settled_early:
                         with connection.cursor() as cursor:
                             cursor.executemany("UPDATE early_calls SET outcome = %s WHERE id = %s", settled_early)
@@ -609,11 +609,6 @@ def _insert_waits(connection: psycopg.Connection[Any], rows: list[tuple[Any, ...
         with connection.cursor() as cursor:
             cursor.executemany(f"INSERT INTO waits (key, idx, {WAIT_COLUMNS}) VALUES"
                                " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
-
-
-def _open_rows(rows: list[tuple[Any, ...]]) -> int:
-    """How many of :func:`~harness.store.rows.wait_rows`' rows are open waits (no outcome)."""
-    return sum(1 for row in rows if row[6] is None)
 
 
 def _count_open_waits(connection: psycopg.Connection[Any], change: int) -> None:

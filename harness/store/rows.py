@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.conversations import Conversation, Wait, WallClock
 
-__all__ = ["state_json", "wait_rows", "conversation_from_rows"]
+__all__ = ["state_json", "wait_rows", "open_wait_rows", "conversation_from_rows"]
 
 #: ``waits`` columns in the order :func:`wait_rows` gives them (after ``key, idx``).
 WAIT_COLUMNS = "block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s"
@@ -41,6 +41,11 @@ def wait_rows(conversation: Conversation, clock: WallClock, first: int = 0) -> l
         for index, w in enumerate(conversation.waits)
         if index >= first
     ]
+
+
+def open_wait_rows(rows: Iterable[tuple[Any, ...]]) -> int:
+    """How many of :func:`wait_rows`' rows are open waits (no outcome)."""
+    return sum(1 for row in rows if row[6] is None)
 
 
 def conversation_from_rows(key: str, bot: str, state_text: str, waits: Iterable[tuple[Any, ...]],

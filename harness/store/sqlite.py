@@ -42,10 +42,11 @@ from typing import Any, TypeVar
 import trio
 
 from ..core.bots import Bot, parse_bot
-from ..core.conversations import MAX_LATE_CALLS, Conversation, EarlyCall, Wait, WallClock
+from ..core.conversations import MAX_LATE_CALLS, Conversation, EarlyCall, WallClock
 from ..core.errors import Refused
 from ..core.js import scripts_run_inline
 from ..core.store import OpenWait, StoreUnavailable
+from .rows import WAIT_COLUMNS, conversation_from_rows, open_wait_rows, state_json, wait_rows
 
 __all__ = ["SqliteStore", "BUSY_TIMEOUT_S", "CACHE_SIZE"]
 
@@ -250,30 +251,11 @@ class SqliteStore:
 
     # -- conversations --------------------------------------------------------------------------
 
-    def _state(self, conversation: Conversation) -> str:
-        return json.dumps({
-            "status": conversation.status,
-            "block": conversation.block,
-            "url": conversation.url,
-            "started_at": self.clock.unix(conversation.started_at),
-            "variables": conversation.variables,
-            "transcript": conversation.transcript,
-            "error": conversation.error,
-        })
-
     def _insert_waits(self, db: sqlite3.Connection, conversation: Conversation, first: int) -> int:
         """Insert waits ``first``…; return how many of them are open."""
-        unix = self.clock.unix
-        rows = [
-            (conversation.key, index, w.block, unix(w.opened_at), unix(w.deadline), w.timeout_s, w.outcome,
-             w.reason, None if w.resolved_at is None else unix(w.resolved_at), w.waited_s)
-            for index, w in enumerate(conversation.waits)
-            if index >= first
-        ]
-        db.executemany(
-            "INSERT INTO waits (key, idx, block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        return sum(1 for row in rows if row[6] is None)
+        rows = wait_rows(conversation, self.clock, first)
+        db.executemany(f"INSERT INTO waits (key, idx, {WAIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return open_wait_rows(rows)
 
     @staticmethod
     def _count_open(db: sqlite3.Connection, change: int) -> None:
@@ -288,7 +270,7 @@ class SqliteStore:
     def _add_conversation(self, db: sqlite3.Connection, conversation: Conversation) -> None:
         with self._transaction(db):
             db.execute("INSERT INTO conversations (key, bot, version, state) VALUES (?, ?, 1, ?)",
-                       (conversation.key, conversation.bot, self._state(conversation)))
+                       (conversation.key, conversation.bot, state_json(conversation, self.clock)))
             self._count_open(db, self._insert_waits(db, conversation, 0))
 
     async def get_conversation(self, key: str) -> Conversation | None:
@@ -328,28 +310,13 @@ class SqliteStore:
             row = db.execute("SELECT bot, state, version FROM conversations WHERE key = ?", (key,)).fetchone()
             if row is None:
                 return None
-            state: dict[str, Any] = json.loads(row[1])
+            waits = db.execute(f"SELECT {WAIT_COLUMNS} FROM waits WHERE key = ? ORDER BY idx", (key,)).fetchall()
+            late_calls = db.execute(
+                "SELECT block, at, after_deadline_s FROM late_calls WHERE key = ? ORDER BY rowid LIMIT ?",
+                (key, MAX_LATE_CALLS)).fetchall()
+            conversation = conversation_from_rows(key, row[0], row[1], waits, late_calls, self.clock)
+            conversation.version = row[2]
             trio_time = self.clock.from_unix
-            conversation = Conversation(
-                key=key, bot=row[0], url=state["url"], started_at=trio_time(state["started_at"]),
-                status=state["status"], block=state["block"], variables=state["variables"],
-                transcript=state["transcript"], error=state["error"], version=row[2],
-            )
-            for block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s in db.execute(
-                "SELECT block, opened_at, deadline, timeout_s, outcome, reason, resolved_at, waited_s"
-                " FROM waits WHERE key = ? ORDER BY idx", (key,),
-            ):
-                conversation.waits.append(Wait(
-                    block=block, opened_at=trio_time(opened_at), deadline=trio_time(deadline), timeout_s=timeout_s,
-                    outcome=outcome, reason=reason,
-                    resolved_at=None if resolved_at is None else trio_time(resolved_at), waited_s=waited_s,
-                ))
-            conversation.late_calls = [
-                {"block": block, "at": trio_time(at), "after_deadline_s": after}
-                for block, at, after in db.execute(
-                    "SELECT block, at, after_deadline_s FROM late_calls WHERE key = ? ORDER BY rowid LIMIT ?",
-                    (key, MAX_LATE_CALLS))
-            ]
             total = db.execute("SELECT total FROM late_call_totals WHERE key = ?", (key,)).fetchone()
             conversation.late_calls_total = total[0] if total else len(conversation.late_calls)
             conversation.early_calls = [
@@ -383,7 +350,7 @@ class SqliteStore:
                 ).rowcount
                 updated = db.execute(
                     "UPDATE conversations SET state = ?, version = version + 1 WHERE key = ? AND version = ?",
-                    (self._state(conversation), conversation.key, conversation.version),
+                    (state_json(conversation, self.clock), conversation.key, conversation.version),
                 ).rowcount
                 if claimed != 1 or updated != 1:
                     raise _Lost
