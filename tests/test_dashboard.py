@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -62,6 +63,41 @@ async def test_snapshot_lists_bots_open_waits_resolutions_and_late_calls(client:
     for asset in ("dashboard.js", "dashboard.css"):
         assert (await client.get(f"/static/{asset}")).status_code == 200
     assert (await client.get("/static/secrets.txt")).status_code == 404
+
+
+async def test_a_refused_call_is_parsed_once_and_its_refusal_still_names_the_key(
+        client: httpx.AsyncClient, gate: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # The key of a call refused after its body parsed (409 not_waiting here) travels up with the
+    # refusal: the web layer must not parse a (up to 1 MiB) body a second time to find it.
+    import harness.core.webhooks
+    import harness.web.server
+
+    await gate.add_bot(webhook_bot())
+    key = (await start(client))["conversation_key"]
+    assert (await client.post("/webhooks/pay/wait", json={"conversation_key": key})).status_code == 200
+    parsed: list[bytes] = []
+    parse_json = harness.core.webhooks.parse_json
+
+    def counting_parse_json(body: bytes) -> Any:
+        parsed.append(body)
+        return parse_json(body)
+
+    for module in (harness.core.webhooks, harness.web.server):
+        monkeypatch.setattr(module, "parse_json", counting_parse_json)
+    with caplog.at_level(logging.INFO, logger="harness.web.deliveries"):
+        again = await client.post("/webhooks/pay/wait", json={"conversation_key": key, "data": {"amount": 5}})
+    assert again.status_code == 409
+    assert again.json().keys() == {"error", "detail"} and again.json()["error"] == "not_waiting"  # the same answer
+    assert len(parsed) == 1
+    # What a user sees is unchanged: the page lists it with the key's first characters and links it;
+    # the log line shows those characters, never the whole key.
+    data = (await client.get("/api/dashboard")).json()
+    assert [(r["status"], r["error"]) for r in data["refused"]] == [(409, "not_waiting")]
+    refused = data["deliveries"][0]
+    assert (refused["outcome"], refused["key"], refused["conversation_key"]) == ("refused", key[:6], key)
+    [line] = [r for r in caplog.records if r.getMessage() == "webhook call refused"]
+    assert (line.status, line.error, line.bot, line.block, line.key) == (409, "not_waiting", "pay", "wait", key[:6])
+    assert key not in caplog.text
 
 
 @pytest.fixture

@@ -41,12 +41,18 @@ RETRY_AFTER_S = 1  # the Retry-After of a 503 store_unavailable
 
 
 class Refused(Exception):
-    """A refused request. ``code`` is machine-readable, ``detail`` is for people."""
+    """A refused request. ``code`` is machine-readable, ``detail`` is for people.
 
-    def __init__(self, code: str, detail: str, **extra: Any) -> None:
+    ``conversation_key``: the key a webhook call named, when it was refused after its key was read
+    (``unknown_conversation``, ``wait_expired``, ``not_waiting``, ``already_held``), so that the web
+    layer can log its first characters without parsing the body again. It is not part of the answer.
+    """
+
+    def __init__(self, code: str, detail: str, *, conversation_key: str | None = None, **extra: Any) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.conversation_key = conversation_key
         self.extra = extra
 
     def as_dict(self) -> dict[str, Any]:

@@ -496,9 +496,10 @@ class Gate:
 
         The key is the payload's value at the block's ``key_path``. Refusals, in the contract's
         order: ``unknown_webhook``, ``missing_conversation_key``, ``unknown_conversation``,
-        ``wait_expired``, ``not_waiting`` (or ``already_held``). A refusal changes nothing, except
-        that a ``wait_expired`` is recorded in the conversation's ``late_calls``. A call that comes
-        before its conversation reached a block with ``early_s`` is held (``Delivery.held``).
+        ``wait_expired``, ``not_waiting`` (or ``already_held``); the last four carry the call's key
+        as ``Refused.conversation_key``. A refusal changes nothing, except that a ``wait_expired``
+        is recorded in the conversation's ``late_calls``. A call that comes before its
+        conversation reached a block with ``early_s`` is held (``Delivery.held``).
 
         The decision is always taken on the stored state: when a shared store's commit loses, the
         conversation is read again and the call decided anew, with its arrival time.
@@ -512,7 +513,8 @@ class Gate:
         for _ in range(MAX_ATTEMPTS):
             conversation = await self.store.get_conversation(key)
             if conversation is None or conversation.bot != bot_id:
-                raise Refused("unknown_conversation", f"no conversation of bot {bot_id!r} has that key")
+                raise Refused("unknown_conversation", f"no conversation of bot {bot_id!r} has that key",
+                              conversation_key=key)
             latest = conversation.latest_wait_at(block_id)
             if latest is not None and latest.expired_at(now):
                 await self._refuse_late(conversation, latest, now)
@@ -524,7 +526,8 @@ class Gate:
                         continue  # the conversation changed meanwhile: decide on its new state
                     return Delivery(conversation=conversation, wait=None, mapped={}, missing=[], held=held)
                 where = f"waiting at {wait.block!r}" if wait else conversation.status
-                raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (it is {where})")
+                raise Refused("not_waiting", f"the conversation is not waiting at {block_id!r} (it is {where})",
+                              conversation_key=key)
             mapped, missing = _mapped(block, payload)
             if await self._resolve(conversation, len(conversation.waits) - 1, "success", "received", now, mapped):
                 return Delivery(conversation=conversation, wait=wait, mapped=mapped, missing=missing)
@@ -535,7 +538,8 @@ class Gate:
                     now: float) -> EarlyCall | None:
         """Hold an early call, or ``already_held``; None when the stored conversation moved on."""
         if conversation.pending_early_call(block.id, now) is not None:
-            raise Refused("already_held", f"an early call for {block.id!r} is already held for this conversation")
+            raise Refused("already_held", f"an early call for {block.id!r} is already held for this conversation",
+                          conversation_key=conversation.key)
         early = EarlyCall(block=block.id, at=now, expires_at=now + block.early_s, payload=payload)
         if not await self.store.hold_early_call(conversation, early):
             return None
@@ -556,7 +560,8 @@ class Gate:
             "at": now, "bot": conversation.bot, "block": block_id,
             "conversation": conversation.key[:8] + "…", "after_deadline_s": late["after_deadline_s"],
         })
-        raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call")
+        raise Refused("wait_expired", f"the wait at {block_id!r} reached its deadline without a valid call",
+                      conversation_key=conversation.key)
 
 
 def _mapped(block: Block, payload: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -28,11 +28,9 @@ from ..core.js import prestart_script_workers
 from ..core.store import StoreUnavailable
 from ..core.webhooks import (
     DEFAULT_MAX_BODY,
-    FORM_TYPE,
     JSON_TYPE,
     WebhookHandler,
     media_type_of,
-    parse_form,
     parse_json,
     too_large,
 )
@@ -181,10 +179,13 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
     async def webhook(bot_id: str, block_id: str) -> Response:
         block = await webhooks.block(bot_id, block_id)
         body = await read_body(max_body)
-        g.webhook_call = (block, body)  # for the refused call's log line: its key, if it had one
-        answer = await webhooks.decide(block, bot_id, block_id,
-                                       media_type=media_type_of(request.headers.get("Content-Type")),
-                                       headers=request.headers, body=body)
+        try:
+            answer = await webhooks.decide(block, bot_id, block_id,
+                                           media_type=media_type_of(request.headers.get("Content-Type")),
+                                           headers=request.headers, body=body)
+        except Refused as error:
+            g.refused_key = error.conversation_key  # for the refused call's log line: its key, if it named one
+            raise
         g.answer = answer
         return json_response(answer, STATUS_BY_ANSWER[answer["status"]])
 
@@ -195,10 +196,6 @@ def create_app(gate: Gate, *, max_body: int = DEFAULT_MAX_BODY, api_token: str |
 
     register_dashboard(app, gate, deliveries)  # GET / (the live page) and GET /api/dashboard
     return app
-
-
-# Refusals that come after the payload parsed and named a key: the log line may show its first characters.
-_KEYED_REFUSALS = {"unknown_conversation", "wait_expired", "not_waiting", "already_held"}
 
 
 async def _note_delivery(deliveries: Deliveries, response: Response) -> None:
@@ -217,19 +214,9 @@ async def _note_delivery(deliveries: Deliveries, response: Response) -> None:
         error = str(json.loads(await response.get_data())["error"])
     except (ValueError, KeyError, TypeError):
         error = "unknown"
-    key = None
-    call = g.get("webhook_call")
-    if call is not None and error in _KEYED_REFUSALS:
-        webhook_block, body = call
-        media_type = media_type_of(request.headers.get("Content-Type"))
-        try:
-            payload = parse_json(body) if media_type == JSON_TYPE else parse_form(body) if media_type == FORM_TYPE else None
-        except Refused:
-            payload = None
-        if isinstance(payload, dict):
-            found, value = webhook_block.key_path.extract(payload)
-            key = value if found and isinstance(value, str) else None
-    deliveries.refused_call(bot, block, status, error, key)
+    # The key travels with the refusal (Refused.conversation_key): the gate sets it on the refusals
+    # that come after the payload named a key, so the body is not parsed a second time here.
+    deliveries.refused_call(bot, block, status, error, g.get("refused_key"))
 
 
 def render_metrics(gate: Gate, webhook_calls: dict[int, int], open_waits: int) -> str:
