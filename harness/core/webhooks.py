@@ -62,6 +62,9 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+_SMALL_BODY = 16 * 1024  # too few containers to set off a collection: not worth switching the collector off
+
+
 def parse_json(body: bytes) -> Any:
     """Strict JSON that the gate can keep and answer with; ``Refused("invalid_payload")`` otherwise.
 
@@ -69,10 +72,10 @@ def parse_json(body: bytes) -> Any:
     :data:`~harness.core.jsonsafe.MAX_DEPTH` levels deep.
     """
     try:
-        with _no_cyclic_gc():
-            # Floats are parsed natively (a Python hook per float would cost ≈ 2 µs each); an
-            # overflowing one becomes inf, which check_json_value refuses below.
-            text = body.decode("utf-8")
+        # Floats are parsed natively (a Python hook per float would cost ≈ 2 µs each); an
+        # overflowing one becomes inf, which check_json_value refuses below.
+        text = body.decode("utf-8")
+        with _no_cyclic_gc() if len(body) > _SMALL_BODY else contextlib.nullcontext():
             document = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise Refused("invalid_payload", "the body is not UTF-8") from None
