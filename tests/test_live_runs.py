@@ -102,3 +102,21 @@ modes = ["virtual"]
     assert [(c["case"], c["skipped"], c["n"]) for c in cases] == [("late", False, 5), ("only_in_virtual_time", True, 0)]
     skipped = ET.parse(junit).getroot().find(".//testcase[@name='only_in_virtual_time']/skipped")
     assert skipped is not None and "virtual" in skipped.get("message", "")
+
+
+def test_a_time_scaled_live_run_keeps_every_case_in_proportion(suite_server: str) -> None:
+    """At 0.05 a 30 s timeout would be 1.5 s, which a gate cannot wait (whole seconds): the case runs
+    at 2/30 instead, its delays and thresholds with it, so a call at the deadline is still refused;
+    and the bot's early_s window shrinks too, so a capture held too long still expires."""
+    payment = load_scenario(ROOT / "scenarios" / "payment.toml")
+    payment = replace(payment, subcases=[replace(s, conversations=20) for s in payment.subcases
+                                         if s.case in ("late", "at_the_deadline")])
+    frame = run_loaded_scenario(payment, RunOptions(target=suite_server, time_scale=0.05))
+    assert (frame["outcome"] == "failure").all() and (frame["timeout_s"] == 2).all()
+    assert (frame["waited_s"] == 2.0).all()
+    two = load_scenario(ROOT / "scenarios" / "two_events.toml")
+    two = replace(two, subcases=[replace(s, conversations=20) for s in two.subcases if s.case == "held_call_expires"])
+    rows = run_loaded_scenario(two, RunOptions(target=suite_server, time_scale=0.05))
+    capture = rows[rows["party"] == 1]
+    assert (capture["reason"] == "timeout").all() and capture["held"].all()  # held (202), then expired unused
+    assert set(rows["bot"]) == {"payment_two_events.t3.wait_captured.t3.e0.05"}

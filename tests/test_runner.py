@@ -290,3 +290,18 @@ def test_form_encoding_refuses_what_a_form_cannot_carry() -> None:
     assert "cases[0] (f).payload: with encoding = \"form\", values must be text" in problems  # PAYLOAD is nested
     assert "cases[0] (f).key: a form cannot carry a key of the wrong type" in problems
     assert "cases[1] (g).encoding: must be json or form, got 'xml'" in problems
+
+
+def test_time_scaled_cases_keep_whole_second_timeouts_in_proportion() -> None:
+    from harness.runner.scenario import load_scenario, time_scaled
+
+    payment = load_scenario(ROOT / "scenarios" / "payment.toml")
+    scaled = {s.case: s for s in time_scaled(payment, 0.05).subcases}
+    late = scaled["late"]  # 30 s: 1.5 s is no timeout a gate can wait, so the case runs at 2/30
+    assert late.timeout_s == 2 and late.time_scale == pytest.approx(2 / 30)
+    assert late.parties[0].thresholds[1].text == "p50(waited_s) == 2"
+    assert scaled["on_time"].timeout_s == 6 and scaled["on_time"].time_scale == pytest.approx(0.05)
+    with pytest.raises(InvalidScenario, match="case on_time: time scale 3 makes a timeout longer than 300 s"):
+        time_scaled(payment, 3)
+    frame = run_scenario(payment, time_scale=0.05, driver="core")  # virtual time: exact, every expectation holds
+    assert frame["passed"].dropna().all()

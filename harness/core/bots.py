@@ -170,9 +170,19 @@ class Bot:
 
     def with_timeout(self, block_id: str, timeout_s: int, new_id: str) -> Bot:
         """A copy under ``new_id`` whose webhook block ``block_id`` waits ``timeout_s``."""
+        return self.with_timing(new_id, {block_id: timeout_s})
+
+    def with_timing(self, new_id: str, timeouts: dict[str, int], early_scale: float = 1.0) -> Bot:
+        """A copy under ``new_id`` with these webhook blocks' ``timeout_s`` and every ``early_s``
+        multiplied by ``early_scale`` (a time-scaled run's bot)."""
         document = self.to_dict()
         document["id"] = new_id
-        document["blocks"][block_id]["timeout_s"] = timeout_s
+        for block_id, timeout_s in timeouts.items():
+            document["blocks"][block_id]["timeout_s"] = timeout_s
+        if early_scale != 1:
+            for block in document["blocks"].values():
+                if block.get("early_s"):
+                    block["early_s"] = block["early_s"] * early_scale
         return parse_bot(document)
 
 

@@ -154,29 +154,31 @@ async def register_bot(driver: Driver, bot: Bot) -> str:
     raise RunError(f"bot ids {bot.id} and {bot.id}.{digest} are both taken by bots with other content")
 
 
-async def register_bots(scenario: Scenario, subcases: list[SubCase], driver: Driver) -> dict[tuple[tuple[str, int], ...], str]:
-    """The bot id to use for each set of block timeouts the sub-cases need (:meth:`SubCase.timeouts`).
+async def register_bots(scenario: Scenario, subcases: list[SubCase],
+                        driver: Driver) -> dict[tuple[tuple[tuple[str, int], ...], float], str]:
+    """The bot id to use for each bot variant the sub-cases need (:meth:`SubCase.bot_variant`).
 
     The bot as written where no party overrides a timeout; else a derived copy, e.g.
-    ``payment.t30`` (the first webhook block at 30 s) or ``two.wait_captured.t5``.
+    ``payment.t30`` (the first webhook block at 30 s) or ``two.wait_captured.t5``; a time-scaled
+    run's copy also has its ``early_s`` windows scaled (``two.t3.wait_captured.t3.e0.05``).
     """
-    ids: dict[tuple[tuple[str, int], ...], str] = {}
+    ids: dict[tuple[tuple[tuple[str, int], ...], float], str] = {}
     for subcase in subcases:
-        slot = subcase.timeouts()
-        if slot in ids:
+        variant = subcase.bot_variant()
+        if variant in ids:
             continue
-        if not slot:
-            ids[slot] = await register_bot(driver, scenario.bot)
+        slot, early_scale = variant
+        if not slot and early_scale == 1:
+            ids[variant] = await register_bot(driver, scenario.bot)
             continue
         first = scenario.bot.first_webhook()
         copy_id = scenario.bot.id + "".join(f".t{timeout}" if block == first else f".{block}.t{timeout}"
                                             for block, timeout in slot)
+        if early_scale != 1:
+            copy_id += f".e{early_scale:.4g}"
         if len(copy_id) > 100:  # ids are at most 128 characters; register_bot may add a digest
-            copy_id = f"{scenario.bot.id[:80]}.t{hashlib.sha256(repr(slot).encode()).hexdigest()[:8]}"
-        bot = scenario.bot
-        for block, timeout in slot:
-            bot = bot.with_timeout(block, timeout, copy_id)
-        ids[slot] = await register_bot(driver, bot)
+            copy_id = f"{scenario.bot.id[:80]}.t{hashlib.sha256(repr(variant).encode()).hexdigest()[:8]}"
+        ids[variant] = await register_bot(driver, scenario.bot.with_timing(copy_id, dict(slot), early_scale))
     return ids
 
 
@@ -777,7 +779,7 @@ async def execute(
     base_time = trio.current_time()
     for plan in plans:
         subcase = by_index[plan.subcase]
-        run = _SubCaseRun(engine, scenario, subcase, plan, bot_ids[subcase.timeouts()])
+        run = _SubCaseRun(engine, scenario, subcase, plan, bot_ids[subcase.bot_variant()])
         run.schedule_starts(base_time)
         runs.append(run)
     try:

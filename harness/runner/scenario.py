@@ -11,7 +11,9 @@ Validation reports every problem at once, each naming the file, the case and the
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,10 @@ class SubCase:
     parties: tuple[Party, ...]
     modes: tuple[str, ...] = MODES
     time_scale: float = 1.0  # drawn delays are multiplied by it (see :func:`time_scaled`)
+    # Time-scaled (:func:`time_scaled`): the scaled timeouts of the webhook blocks no party calls,
+    # and the factor the bot's early_s windows are multiplied by.
+    block_timeouts: tuple[tuple[str, int], ...] = ()
+    early_scale: float = 1.0
 
     @property
     def block(self) -> str:
@@ -166,8 +172,17 @@ class SubCase:
         return self.parties[0].expect
 
     def timeouts(self) -> tuple[tuple[str, int], ...]:
-        """The sorted ``(block, timeout_s)`` overrides this sub-case's bot needs (empty: the bot as written)."""
-        return tuple(sorted({(p.block, p.timeout_s) for p in self.parties if p.timeout_overridden}))
+        """The sorted ``(block, timeout_s)`` overrides this sub-case's bot needs (empty: the bot as written).
+
+        Time-scaled, every webhook block's timeout is one (the parties' own, the others' scaled).
+        """
+        overrides = dict(self.block_timeouts)
+        overrides.update({p.block: p.timeout_s for p in self.parties if p.timeout_overridden})
+        return tuple(sorted(overrides.items()))
+
+    def bot_variant(self) -> tuple[tuple[tuple[str, int], ...], float]:
+        """What this sub-case changes in the bot: its :meth:`timeouts` and its early_s factor."""
+        return self.timeouts(), self.early_scale
 
 
 @dataclass
@@ -464,34 +479,63 @@ def _parse_modes(raw: Any, bad: Any) -> tuple[str, ...]:
 
 
 def time_scaled(scenario: Scenario, factor: float) -> Scenario:
-    """The scenario with every duration multiplied by ``factor`` — delays, call gaps, retry delays,
-    arrival intervals, timeouts (rounded, at least 1 s) and the limits of thresholds on
-    ``waited_s``/``delay_s`` — so a live run of a long suite takes a fraction of its time while
-    each case keeps its meaning (a late call stays late, a timely one timely)."""
+    """The scenario with every duration multiplied by about ``factor`` — delays, call gaps, retry
+    delays, arrival intervals, webhook timeouts, ``early_s`` windows and the limits of thresholds
+    on ``waited_s``/``delay_s`` — so a live run of a long suite takes a fraction of its time while
+    each case keeps its meaning (a late call stays late, a call at the deadline stays at it).
+
+    Timeouts are whole seconds from 1 to 300 (SPEC §1), so each sub-case runs at the factor
+    nearest ``factor`` that keeps all its timeouts whole: a multiple of 1 / (their greatest common
+    divisor), at least one. With timeouts 30 and 120 at 0.05 that is 2/30 (30 → 2 s, 120 → 8 s);
+    a 10 s timeout at 0.05 runs at 0.1 (1 s), and timeouts 7 and 60 are not scaled at all: slower
+    than asked, but never out of proportion. A scale that would make a timeout longer than 300 s
+    is refused, naming the case.
+    """
     if not is_finite_number(factor) or factor <= 0:
         raise InvalidScenario([f"{scenario.source}: time scale must be a positive number, got {factor!r}"])
     if factor == 1:
         return scenario
+    problems: list[str] = []
+    holds_early = any(scenario.bot.blocks[block].early_s > 0 for block in scenario.bot.webhook_blocks())
 
-    def scaled_threshold(threshold: Threshold) -> Threshold:
-        if threshold.metric in RATE_METRICS:
-            return threshold
-        return replace(threshold, limit=threshold.limit * factor,
-                       text=f"{threshold.metric} {threshold.op} {number_label(threshold.limit * factor)}")
+    def scaled_subcase(subcase: SubCase) -> SubCase:
+        called = {party.block for party in subcase.parties}
+        others = {block: scenario.bot.blocks[block].timeout_s for block in scenario.bot.webhook_blocks()
+                  if block not in called}
+        timeouts = [party.timeout_s for party in subcase.parties] + list(others.values())
+        unit = functools.reduce(math.gcd, timeouts)  # seconds: every timeout is a whole number of these
+        steps = max(1, round(factor * unit))
+        exact = steps / unit
+        if max(timeouts) * steps // unit > max(TIMEOUT_RANGE):
+            name = subcase.case + (f" [{subcase.variant}]" if subcase.variant else "")
+            problems.append(f"{scenario.source}: case {name}: time scale {factor:g} makes a timeout longer than "
+                            f"{max(TIMEOUT_RANGE)} s ({max(timeouts)} s × {exact:g}); choose a smaller scale")
+            return subcase
 
-    def scaled_party(party: Party) -> Party:
-        block_timeout = scenario.bot.blocks[party.block].timeout_s
-        timeout = max(1, round(party.timeout_s * factor))
-        return replace(
-            party, timeout_s=timeout, timeout_overridden=timeout != block_timeout,
-            call_gap_s=party.call_gap_s * factor,
-            retry=None if party.retry is None else replace(party.retry, delays_s=tuple(d * factor for d in party.retry.delays_s)),
-            thresholds=tuple(map(scaled_threshold, party.thresholds)))
+        def scaled_threshold(threshold: Threshold) -> Threshold:
+            if threshold.metric in RATE_METRICS:
+                return threshold
+            return replace(threshold, limit=threshold.limit * exact,
+                           text=f"{threshold.metric} {threshold.op} {number_label(threshold.limit * exact)}")
 
-    subcases = [replace(subcase, parties=tuple(map(scaled_party, subcase.parties)),
-                        arrival_rate=None if subcase.arrival_rate is None else subcase.arrival_rate / factor,
-                        time_scale=subcase.time_scale * factor)
-                for subcase in scenario.subcases]
+        def scaled_party(party: Party) -> Party:
+            timeout = party.timeout_s * steps // unit
+            return replace(
+                party, timeout_s=timeout, timeout_overridden=timeout != scenario.bot.blocks[party.block].timeout_s,
+                call_gap_s=party.call_gap_s * exact,
+                retry=None if party.retry is None else replace(party.retry, delays_s=tuple(d * exact for d in party.retry.delays_s)),
+                thresholds=tuple(map(scaled_threshold, party.thresholds)))
+
+        return replace(subcase, parties=tuple(map(scaled_party, subcase.parties)),
+                       arrival_rate=None if subcase.arrival_rate is None else subcase.arrival_rate / exact,
+                       time_scale=subcase.time_scale * exact,
+                       early_scale=subcase.early_scale * exact if holds_early else subcase.early_scale,
+                       block_timeouts=tuple(sorted((block, timeout * steps // unit) for block, timeout in others.items()
+                                                   if timeout * steps // unit != timeout)))
+
+    subcases = [scaled_subcase(subcase) for subcase in scenario.subcases]
+    if problems:
+        raise InvalidScenario(problems)
     return replace(scenario, subcases=subcases)
 
 
