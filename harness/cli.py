@@ -471,12 +471,16 @@ def run(
         fail("--dask spreads a virtual-time run; it cannot be combined with --target")
     if concurrency < 1:
         fail(f"--concurrency: must be at least 1, got {concurrency}")
-    from .runner.scenario import InvalidScenario, load_scenario
+    from .runner.scenario import InvalidScenario, load_scenario, slower_than_asked, time_scaled
 
     loaded, invalid = [], False
     for path in _scenario_files(scenarios):
         try:
-            loaded.append(load_scenario(path, seed=seed))
+            scenario = load_scenario(path, seed=seed)
+            notes = slower_than_asked(time_scaled(scenario, time_scale), time_scale)  # refused here, before any run
+            loaded.append(scenario)
+            for note in notes:
+                say(f"note: {note}")
         except InvalidScenario as error:
             invalid = True
             for line in error.problems:

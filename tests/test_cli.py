@@ -99,3 +99,16 @@ def test_a_negative_seed_is_refused_with_exit_2(tmp_path: Path) -> None:
     scenario = write_scenario(tmp_path, 'name = "ok"')
     result = runner.invoke(app, ["run", str(scenario), "--seed", "-3"])
     assert result.exit_code == 2 and "seed (given to the run): must be a non-negative integer, got -3" in result.stderr
+
+
+def test_time_scale_says_which_cases_run_slower_and_refuses_timeouts_past_300_s(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path, 'name = "short"\ntimeout_s = 1\ndelay_s = 0.5\nexpect = { outcome = "success" }\n'
+                                        '[[cases]]\nname = "long"\ntimeout_s = 200\ndelay_s = 5')
+    result = runner.invoke(app, ["run", str(scenario), "--time-scale", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "note: cli/short: runs at time scale 1, not 0.1: its timeouts (1 s after scaling) are whole seconds" \
+        in result.stderr
+    assert "cli/long" not in result.stderr  # 200 s → 20 s: as asked
+    refused = runner.invoke(app, ["run", str(scenario), "--time-scale", "2"])
+    assert refused.exit_code == 2 and "scenario cli" not in refused.stdout
+    assert f"{scenario}: case long: time scale 2 makes a timeout longer than 300 s (200 s × 2)" in refused.stderr

@@ -32,6 +32,7 @@ __all__ = [
     "Retry",
     "SubCase",
     "time_scaled",
+    "slower_than_asked",
     "Scenario",
     "InvalidScenario",
     "load_scenario",
@@ -537,6 +538,19 @@ def time_scaled(scenario: Scenario, factor: float) -> Scenario:
     if problems:
         raise InvalidScenario(problems)
     return replace(scenario, subcases=subcases)
+
+
+def slower_than_asked(scaled: Scenario, factor: float) -> list[str]:
+    """Notes on the sub-cases of a :func:`time_scaled` scenario that run at 1.5× the asked factor
+    or more, as their whole-second timeouts cannot shrink further (a 1 s timeout never does)."""
+    notes = []
+    for subcase in scaled.subcases:
+        if subcase.time_scale >= 1.5 * factor:
+            name = f"{scaled.name}/{subcase.case}" + (f" [{subcase.variant}]" if subcase.variant else "")
+            timeouts = sorted({party.timeout_s for party in subcase.parties})
+            notes.append(f"{name}: runs at time scale {subcase.time_scale:.3g}, not {factor:g}: its timeouts "
+                         f"({', '.join(map(str, timeouts))} s after scaling) are whole seconds")
+    return notes
 
 
 def _writable(payload: dict[str, Any], steps: tuple[str | int, ...]) -> bool:
