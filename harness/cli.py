@@ -513,19 +513,23 @@ def run(
         for scenario in loaded:
             conversations = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
             began = time.monotonic()
-            pending: list[pd.DataFrame] = []  # the sub-case being summarised (an interruption keeps it)
+            # Rows not summarised yet, which an interruption summarises: the sub-case in hand, the rest.
+            summarising: list[pd.DataFrame] = []
+            held: list[tuple[Any, pd.DataFrame]] = []
             try:
                 with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
                     pieces = stream_loaded_scenario(scenario, RunOptions(
                         target=target, concurrency=concurrency, workers=workers, executor=executor, driver=driver,
                         progress=progress, api_token=api_token, time_scale=time_scale))
-                    for rows in by_subcase(_written(pieces, writer, pending)):
-                        del pending[:-1]  # the last piece may hold the next sub-case's first rows
+                    for rows in by_subcase(_written(pieces, writer), held):
+                        summarising[:] = [rows]
                         results.extend(case_results(rows))
+                        summarising.clear()
             except RunError as error:
                 fail(f"{scenario.source}: {error}", 1)
             except (RunInterrupted, KeyboardInterrupt) as error:
                 with _ignoring_interrupts():  # writing what finished must not be cut short by a second Ctrl+C
+                    pending = summarising + [rows for _, rows in held]
                     if isinstance(error, RunInterrupted) and error.finished:
                         pending.append(to_frame(error.finished))
                         if writer is not None:
@@ -555,13 +559,11 @@ def run(
     raise typer.Exit(0 if all(result.passed for result in results) else 1)
 
 
-def _written(pieces: Iterator[pd.DataFrame], writer: ResultsWriter | None,
-             pending: list[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """The pieces, each appended to ``writer`` (if any) on its way and kept in ``pending`` until summarised."""
+def _written(pieces: Iterator[pd.DataFrame], writer: ResultsWriter | None) -> Iterator[pd.DataFrame]:
+    """The pieces, each appended to ``writer`` (if any) on its way."""
     for piece in pieces:
         if writer is not None:
             writer.write(piece)
-        pending.append(piece)
         yield piece
 
 

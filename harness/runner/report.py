@@ -123,8 +123,12 @@ def case_results(frame: pd.DataFrame) -> list[CaseResult]:
     if "party" not in frame.columns:
         frame = frame.assign(party=0)
     parties = frame.groupby(["scenario", "case", "variant"], observed=True, sort=False)["party"].nunique()
-    for (scenario, case, variant, party), rows in frame.groupby(["scenario", "case", "variant", "party"],
-                                                                observed=True, sort=False):
+    keys = ["scenario", "case", "variant", "party"]
+    if len(frame) and all(frame[key].nunique(dropna=False) == 1 for key in keys):
+        groups: Any = [(tuple(frame[key].iloc[0] for key in keys), frame)]  # one sub-case, one party: no copy
+    else:
+        groups = frame.groupby(keys, observed=True, sort=False)
+    for (scenario, case, variant, party), rows in groups:
         verdicts = threshold_verdicts(rows)
         summary = summarize_rows(rows, verdicts)
         thresholds = [ThresholdResult(text, _number(value), ok) for text, ok, value in verdicts]

@@ -141,23 +141,40 @@ def concat_results(pieces: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
-def by_subcase(pieces: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+_SUBCASE = ["scenario", "case", "variant"]
+
+
+def by_subcase(pieces: Iterable[pd.DataFrame],
+               held: list[tuple[Any, pd.DataFrame]] | None = None) -> Iterator[pd.DataFrame]:
     """Typed pieces in run order → one frame per sub-case (its rows share scenario, case and variant).
 
     A sub-case's rows are consecutive, possibly over several pieces: each frame is yielded as
-    soon as the next sub-case begins, so only one sub-case's rows are held at a time.
+    soon as the next sub-case begins, so only one sub-case's rows are held at a time — once
+    (a piece of one sub-case is kept as it is, not copied), and let go column by column while
+    they are joined. ``held``, when given, is where the ``(sub-case, rows)`` not yet yielded
+    wait: a caller interrupted mid-run finds there every row it has not been handed.
     """
-    pending: list[pd.DataFrame] = []
-    current: Any = None
+    held = [] if held is None else held
     for piece in pieces:
-        for key, rows in piece.groupby(["scenario", "case", "variant"], observed=True, sort=False, dropna=False):
-            if pending and key != current:
-                yield concat_results(pending)
-                pending = []
-            pending.append(rows.reset_index(drop=True))
-            current = key
-    if pending:
-        yield concat_results(pending)
+        held.extend(_subcase_groups(piece))
+        while held and held[-1][0] != held[0][0]:  # the first sub-case held is complete
+            yield concat_results(_pop_subcase(held))
+    if held:
+        yield concat_results(_pop_subcase(held))
+
+
+def _subcase_groups(piece: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
+    if len(piece) and all(piece[column].nunique(dropna=False) == 1 for column in _SUBCASE):
+        return [(tuple(piece[column].iloc[0] for column in _SUBCASE), piece)]  # the usual piece: no copy
+    return [(key, rows.reset_index(drop=True))
+            for key, rows in piece.groupby(_SUBCASE, observed=True, sort=False, dropna=False)]
+
+
+def _pop_subcase(held: list[tuple[Any, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+    """The first sub-case's rows, each taken out of ``held`` as it is read (nothing else keeps them)."""
+    first = held[0][0]
+    while held and held[0][0] == first:
+        yield held.pop(0)[1]
 
 
 class ResultsWriter:
