@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from .results import summarize_rows, threshold_verdicts
+from .results import row_groups, summarize_rows, threshold_verdicts
 from .thresholds import AGGREGATES, RATE_METRICS, metric_mask, parse_threshold
 
 __all__ = ["CaseResult", "ThresholdResult", "case_results", "skipped_results", "in_run_order", "verdict_line", "summary_json", "write_summary_json",
@@ -123,12 +123,7 @@ def case_results(frame: pd.DataFrame) -> list[CaseResult]:
     if "party" not in frame.columns:
         frame = frame.assign(party=0)
     parties = frame.groupby(["scenario", "case", "variant"], observed=True, sort=False)["party"].nunique()
-    keys = ["scenario", "case", "variant", "party"]
-    if len(frame) and all(frame[key].nunique(dropna=False) == 1 for key in keys):
-        groups: Any = [(tuple(frame[key].iloc[0] for key in keys), frame)]  # one sub-case, one party: no copy
-    else:
-        groups = frame.groupby(keys, observed=True, sort=False)
-    for (scenario, case, variant, party), rows in groups:
+    for (scenario, case, variant, party), rows in row_groups(frame, ["scenario", "case", "variant", "party"]):
         verdicts = threshold_verdicts(rows)
         summary = summarize_rows(rows, verdicts)
         thresholds = [ThresholdResult(text, _number(value), ok) for text, ok, value in verdicts]

@@ -164,10 +164,15 @@ def by_subcase(pieces: Iterable[pd.DataFrame],
 
 
 def _subcase_groups(piece: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
-    if len(piece) and all(piece[column].nunique(dropna=False) == 1 for column in _SUBCASE):
-        return [(tuple(piece[column].iloc[0] for column in _SUBCASE), piece)]  # the usual piece: no copy
-    return [(key, rows.reset_index(drop=True))
-            for key, rows in piece.groupby(_SUBCASE, observed=True, sort=False, dropna=False)]
+    return [(key, rows.reset_index(drop=True)) for key, rows in row_groups(piece, _SUBCASE)]
+
+
+def row_groups(frame: pd.DataFrame, keys: list[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
+    """``frame``'s rows grouped by ``keys``, in order of appearance; a frame that is one group
+    whole (a piece of one sub-case, a one-party case) comes back as it is, not copied."""
+    if len(frame) and all(frame[key].nunique(dropna=False) == 1 for key in keys):
+        return [(tuple(frame[key].iloc[0] for key in keys), frame)]
+    return list(frame.groupby(keys, observed=True, sort=False, dropna=False))
 
 
 def _pop_subcase(held: list[tuple[Any, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
