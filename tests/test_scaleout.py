@@ -174,7 +174,9 @@ def test_the_database_stopped_under_load_then_back(gates: list[ServerProcess], p
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime; .ci/run does)")
 def test_a_process_whose_clock_is_off_agrees_on_deadlines(pg_url: str, tmp_path: Path) -> None:
     honest = serve(pg_url, tmp_path / "honest.log")
-    ahead = serve(pg_url, tmp_path / "ahead.log", "faketime", "-f", "+90s")  # its wall clock 90 s ahead
+    # Its wall clock 90 s ahead: libfaketime preloaded through `env`, which execs, so stopping the
+    # server reaches it (the `faketime` wrapper forks, and its child outlived the test).
+    ahead = serve(pg_url, tmp_path / "ahead.log", "env", "FAKETIME=+90s", "LD_PRELOAD=/usr/$LIB/faketime/libfaketime.so.1")
     try:
         assert httpx.post(f"{ahead.url}/api/bots", json=PAY).status_code == 201
         conversation = start(ahead.url)
