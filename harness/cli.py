@@ -31,12 +31,10 @@ from ._groups import leaves
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
-    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
     from .core.bots import Bot
-    from .runner import ResultsWriter
     from .runner.report import CaseResult
 
 app = typer.Typer(
@@ -496,11 +494,10 @@ def run(
     from .runner.api import runnable
     from .runner.engine import RunInterrupted
     from .runner.progress import progress_display
-    from .runner.report import case_results, write_junit_xml, write_summary_json
-    from .runner.results import by_subcase
+    from .runner.report import Verdicts, write_junit_xml, write_summary_json
 
-    # Rows stream from the runner piece by piece: appended to --out as they come and summarised
-    # one sub-case at a time, so memory does not grow with the number of conversations.
+    # Rows stream from the runner piece by piece: appended to --out as they come and tallied per
+    # sub-case (counts, measured waits, a few examples), so memory does not grow with the rows.
     total = sum(subcase.conversations for scenario in loaded
                 for subcase in runnable(scenario, live=target is not None).subcases)
     results: list[CaseResult] = []
@@ -513,32 +510,28 @@ def run(
         for scenario in loaded:
             conversations = sum(subcase.conversations for subcase in runnable(scenario, live=target is not None).subcases)
             began = time.monotonic()
-            # Rows not summarised yet, which an interruption summarises: the sub-case in hand, the rest.
-            summarising: list[pd.DataFrame] = []
-            held: list[tuple[Any, pd.DataFrame]] = []
+            verdicts = Verdicts()
             try:
                 with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
                     pieces = stream_loaded_scenario(scenario, RunOptions(
                         target=target, concurrency=concurrency, workers=workers, executor=executor, driver=driver,
                         progress=progress, api_token=api_token, time_scale=time_scale))
-                    for rows in by_subcase(_written(pieces, writer), held):
-                        summarising[:] = [rows]
-                        results.extend(case_results(rows))
-                        summarising.clear()
+                    for piece in pieces:
+                        if writer is not None:
+                            writer.write(piece)
+                        verdicts.add(piece)
             except RunError as error:
                 fail(f"{scenario.source}: {error}", 1)
             except (RunInterrupted, KeyboardInterrupt) as error:
                 with _ignoring_interrupts():  # writing what finished must not be cut short by a second Ctrl+C
-                    pending = summarising + [rows for _, rows in held]
                     if isinstance(error, RunInterrupted) and error.finished:
-                        pending.append(to_frame(error.finished))
+                        piece = to_frame(error.finished)
                         if writer is not None:
-                            writer.write(pending[-1])
-                    summarised = {(result.scenario, result.case, result.variant, result.party) for result in results}
-                    results.extend(result for rows in by_subcase(pending) for result in case_results(rows)
-                                   if (result.scenario, result.case, result.variant, result.party) not in summarised)
+                            writer.write(piece)
+                        verdicts.add(piece)
                 interrupted = interruption.exit_code
             finally:
+                results.extend(verdicts.results())
                 durations_s[scenario.name] = durations_s.get(scenario.name, 0.0) + time.monotonic() - began
             if interrupted is not None:
                 break
@@ -557,14 +550,6 @@ def run(
     if interrupted is not None:
         raise typer.Exit(interrupted)
     raise typer.Exit(0 if all(result.passed for result in results) else 1)
-
-
-def _written(pieces: Iterator[pd.DataFrame], writer: ResultsWriter | None) -> Iterator[pd.DataFrame]:
-    """The pieces, each appended to ``writer`` (if any) on its way."""
-    for piece in pieces:
-        if writer is not None:
-            writer.write(piece)
-        yield piece
 
 
 @contextlib.contextmanager

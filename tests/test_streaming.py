@@ -24,7 +24,7 @@ from harness.runner import (
     summarize,
     to_frame,
 )
-from harness.runner.results import by_subcase
+from harness.runner.report import Verdicts, case_results
 
 from .conftest import BOTS
 
@@ -100,13 +100,23 @@ def test_a_case_with_parties_is_cut_by_conversation_and_keeps_its_seeded_keys(sm
     assert frame["conversation_key"].notna().all()
 
 
-def test_by_subcase_regroups_pieces_into_one_frame_per_sub_case(small_pieces: None) -> None:
-    pieces = stream_loaded_scenario(as_scenario(MIXED), RunOptions(workers=1, driver="core"))
-    groups = list(by_subcase(pieces))
-    assert [(str(g["case"].iloc[0]), str(g["variant"].iloc[0]), len(g)) for g in groups] == [
-        ("big", "", 230), ("errors_first", "", 30), ("other", "", 70),
-        ("sweep", "timeout_s=5", 40), ("sweep", "timeout_s=60", 40)]
-    pd.testing.assert_frame_equal(summarize(concat_results(groups)), summarize(whole_run(MIXED)))
+def test_verdicts_tallied_piece_by_piece_are_those_of_the_whole_frame(small_pieces: None) -> None:
+    document = {**MIXED, "cases": [{**case, "thresholds": ["p50(waited_s) <= 1", "success_rate >= 0.99"]}
+                                   if case["name"] == "sweep" else case for case in MIXED["cases"]]}
+    verdicts = Verdicts()
+    for piece in stream_loaded_scenario(as_scenario(document), RunOptions(workers=1, driver="core")):
+        verdicts.add(piece)
+    streamed = verdicts.results()
+    whole = case_results(whole_run(document))
+    assert [(r.label, r.summary["n"], r.passed) for r in streamed] == [
+        ("big", 230, False), ("errors_first", 30, True), ("other", 70, True),
+        ("sweep[timeout_s=5]", 40, False), ("sweep[timeout_s=60]", 40, False)]
+    # "big" is cut over five pieces: its failure message and examples are the ones of all its rows.
+    without_key_prefixes = [(r.summary, r.message.count("#"), [e["conversation"] for e in r.examples],
+                             [(t.expr, t.value, t.passed) for t in r.thresholds]) for r in streamed]
+    assert without_key_prefixes == [(r.summary, r.message.count("#"), [e["conversation"] for e in r.examples],
+                                     [(t.expr, t.value, t.passed) for t in r.thresholds]) for r in whole]
+    assert "threshold failed: p50(waited_s) <= 1" in streamed[3].message
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])

@@ -32,15 +32,14 @@ from typing import Any
 
 import pandas as pd
 
-from .results import row_groups, summarize_rows, threshold_verdicts
-from .thresholds import AGGREGATES, RATE_METRICS, metric_mask, parse_threshold
+from .results import row_groups
+from .summary import MAX_EXAMPLES, Tally, number_or_none
+from .thresholds import AGGREGATES, RATE_METRICS
 
-__all__ = ["CaseResult", "ThresholdResult", "case_results", "skipped_results", "in_run_order", "verdict_line", "summary_json", "write_summary_json",
+__all__ = ["CaseResult", "ThresholdResult", "Verdicts", "case_results", "skipped_results", "in_run_order", "verdict_line", "summary_json", "write_summary_json",
            "junit_xml", "write_junit_xml", "case_label", "MAX_EXAMPLES"]
 
-MAX_EXAMPLES = 5  # example conversations in a failure message
 MAX_NAMED_FAILURES = 10  # failed cases named in the verdict line before "+N more"
-KEY_PREFIX = 6  # as many characters of a key as the gate's own logs show
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class CaseResult:
     scenario: str
     case: str
     variant: str
-    summary: dict[str, Any]  # :func:`harness.runner.results.summarize_rows`
+    summary: dict[str, Any]  # :meth:`harness.runner.summary.Tally.summary`
     thresholds: list[ThresholdResult]
     message: str = ""  # why it failed (empty when it passed): expectations, thresholds, examples
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -89,8 +88,8 @@ class CaseResult:
             "n": int(summary["n"]),
             "passed": self.passed,
             "skipped": self.skipped is not None,
-            **{metric: _number(summary[metric]) for metric in RATE_METRICS},
-            "waited_s": {aggregate: _number(summary[f"{aggregate}_waited_s"]) for aggregate in AGGREGATES},
+            **{metric: number_or_none(summary[metric]) for metric in RATE_METRICS},
+            "waited_s": {aggregate: number_or_none(summary[f"{aggregate}_waited_s"]) for aggregate in AGGREGATES},
             "thresholds": [{"expr": t.expr, "value": t.value, "passed": t.passed} for t in self.thresholds],
             "expectations": summary["expectations"],
             "errors": int(summary["errors"]),
@@ -110,28 +109,50 @@ def case_label(case: str, variant: str, party: int | None = None) -> str:
     return f"{case}[{','.join(parts)}]" if parts else case
 
 
-def _number(value: Any) -> float | None:
-    """JSON has no NaN: an unmeasurable figure is ``None``."""
-    if value is None or pd.isna(value):
-        return None
-    return float(value)
+class Verdicts:
+    """:class:`CaseResult` objects from result pieces as they arrive, without keeping their rows.
+
+    Feed typed pieces in run order with :meth:`add` (a run's pieces, a file's row groups); each
+    (scenario, case, variant, party) is tallied as its rows pass (:class:`~harness.runner.summary.Tally`),
+    so memory grows by a few bytes a conversation, not by the rows. :meth:`results` gives the
+    same verdicts as :func:`case_results` on all the rows at once::
+
+        verdicts = Verdicts()
+        for piece in pieces:
+            verdicts.add(piece)
+        results = verdicts.results()
+    """
+
+    def __init__(self) -> None:
+        self._tallies: dict[tuple[Any, ...], Tally] = {}
+
+    def add(self, piece: pd.DataFrame) -> None:
+        if "party" not in piece.columns:
+            piece = piece.assign(party=0)
+        for key, rows in row_groups(piece, ["scenario", "case", "variant", "party"]):
+            self._tallies.setdefault(key, Tally()).add(rows)
+
+    def results(self) -> list[CaseResult]:
+        """One result per (scenario, case, variant, party) seen, in order of first appearance."""
+        parties = Counter((scenario, case, variant) for scenario, case, variant, _ in self._tallies)
+        return [_case_result(tally, named_party=parties[key[:3]] > 1) for key, tally in self._tallies.items()]
 
 
 def case_results(frame: pd.DataFrame) -> list[CaseResult]:
     """One :class:`CaseResult` per (scenario, case, variant, party) of a results frame, in run order."""
-    results = []
-    if "party" not in frame.columns:
-        frame = frame.assign(party=0)
-    parties = frame.groupby(["scenario", "case", "variant"], observed=True, sort=False)["party"].nunique()
-    for (scenario, case, variant, party), rows in row_groups(frame, ["scenario", "case", "variant", "party"]):
-        verdicts = threshold_verdicts(rows)
-        summary = summarize_rows(rows, verdicts)
-        thresholds = [ThresholdResult(text, _number(value), ok) for text, ok, value in verdicts]
-        examples = [] if summary["passed"] else _examples(rows, thresholds)
-        message = "" if summary["passed"] else _failure_message(rows, summary, thresholds, examples)
-        results.append(CaseResult(str(scenario), str(case), str(variant or ""), summary, thresholds, message, examples,
-                                  party=int(party), named_party=bool(parties[(scenario, case, variant)] > 1)))
-    return results
+    verdicts = Verdicts()
+    verdicts.add(frame)
+    return verdicts.results()
+
+
+def _case_result(tally: Tally, *, named_party: bool) -> CaseResult:
+    verdicts = tally.verdicts()
+    summary = tally.summary(verdicts)
+    thresholds = [ThresholdResult(text, number_or_none(value), ok) for text, ok, value in verdicts]
+    examples = [] if summary["passed"] else tally.examples([(t.expr, t.value) for t in thresholds if not t.passed])
+    message = "" if summary["passed"] else _failure_message(tally, thresholds, examples)
+    return CaseResult(str(tally.first["scenario"]), str(tally.first["case"]), str(tally.first["variant"] or ""),
+                      summary, thresholds, message, examples, party=int(tally.first["party"]), named_party=named_party)
 
 
 def skipped_results(scenario: Any, mode: str) -> list[CaseResult]:
@@ -158,67 +179,22 @@ def in_run_order(scenarios: list[Any], ran: list[CaseResult], skipped: list[Case
                                                      r.party))
 
 
-def _failure_message(rows: pd.DataFrame, summary: dict[str, Any], thresholds: list[ThresholdResult],
-                     examples: list[dict[str, Any]]) -> str:
+def _failure_message(tally: Tally, thresholds: list[ThresholdResult], examples: list[dict[str, Any]]) -> str:
     """What failed, in a few lines: expectations (each distinct problem counted), thresholds, errors, examples."""
     lines = []
-    failed = rows[_failed_expectations(rows)]
-    if len(failed):
-        checked = int(rows["passed"].notna().sum())
-        lines.append(f"expectations: {len(failed)} of {checked} conversations failed")
-        problems = Counter(problem for text in failed["failure"].dropna() for problem in str(text).split("; "))
-        lines.extend(f"  {problem} ({count}×)" for problem, count in problems.most_common(MAX_EXAMPLES))
+    if tally.failed:
+        lines.append(f"expectations: {tally.failed} of {tally.checked} conversations failed")
+        lines.extend(f"  {problem} ({count}×)" for problem, count in tally.problems.most_common(MAX_EXAMPLES))
     for threshold in thresholds:
         if not threshold.passed:
             measured = "nothing to measure" if threshold.value is None else f"measured {threshold.value:.4g}"
             lines.append(f"threshold failed: {threshold.expr} ({measured})")
-    if summary["errors"]:
-        first = str(rows["error"].dropna().iloc[0])
-        lines.append(f"errors: {summary['errors']} conversations hit an error, e.g. {first}")
+    if tally.errors:
+        lines.append(f"errors: {tally.errors} conversations hit an error, e.g. {tally.first_error}")
     if examples:
         lines.append(f"example conversations ({len(examples)}):")
         lines.extend("  " + _example_text(example) for example in examples)
     return "\n".join(lines)
-
-
-def _failed_expectations(rows: pd.DataFrame) -> pd.Series:
-    """Conversations whose expectations failed (``passed`` is a nullable boolean: NA = exploratory)."""
-    return ~rows["passed"].fillna(True).astype(bool)
-
-
-def _examples(rows: pd.DataFrame, thresholds: list[ThresholdResult]) -> list[dict[str, Any]]:
-    """Up to :data:`MAX_EXAMPLES` conversations that show the failure.
-
-    Those that failed an expectation or hit an error first; else those that pulled the first
-    failed threshold the wrong way (e.g. the unsuccessful ones for ``success_rate >= 0.99``,
-    the longest waits for ``p95(waited_s) <= 60``).
-    """
-    culprits = rows[_failed_expectations(rows) | rows["error"].notna()]
-    failed = [t for t in thresholds if not t.passed]
-    if culprits.empty and failed:
-        threshold = parse_threshold(failed[0].expr)
-        wants_more = threshold.op in (">", ">=") or (threshold.op == "==" and (failed[0].value or 0) < threshold.limit)
-        if threshold.metric in RATE_METRICS:
-            counted = metric_mask(threshold.metric, rows)
-            culprits = rows[~counted] if wants_more else rows[counted]
-        else:
-            column = threshold.metric.partition("(")[2].rstrip(")")
-            culprits = rows.dropna(subset=[column]).sort_values(column, ascending=wants_more, kind="stable")
-    return [_example(row) for _, row in culprits.head(MAX_EXAMPLES).iterrows()]
-
-
-def _example(row: pd.Series) -> dict[str, Any]:
-    key = row.get("conversation_key")
-    return {
-        "conversation": int(row["conversation"]),
-        "key": None if pd.isna(key) else f"{str(key)[:KEY_PREFIX]}…",
-        "statuses": str(row.get("statuses") or ""),
-        "outcome": None if pd.isna(row.get("outcome")) else str(row["outcome"]),
-        "reason": None if pd.isna(row.get("reason")) else str(row["reason"]),
-        "waited_s": _number(row.get("waited_s")),
-        "failure": None if pd.isna(row.get("failure")) else str(row["failure"]),
-        "error": None if pd.isna(row.get("error")) else str(row["error"]),
-    }
 
 
 def _example_text(example: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ so the whole frame is never held twice; :class:`ResultsWriter` appends them to a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .thresholds import AGGREGATES, RATE_METRICS, metric_value, parse_threshold
+from .summary import summarize, summarize_rows, threshold_verdicts
 
-__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "by_subcase", "save_results", "load_results",
+__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "row_groups", "save_results", "load_results",
            "summarize", "summarize_rows", "threshold_verdicts"]
 
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
@@ -141,45 +141,12 @@ def concat_results(pieces: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
-_SUBCASE = ["scenario", "case", "variant"]
-
-
-def by_subcase(pieces: Iterable[pd.DataFrame],
-               held: list[tuple[Any, pd.DataFrame]] | None = None) -> Iterator[pd.DataFrame]:
-    """Typed pieces in run order → one frame per sub-case (its rows share scenario, case and variant).
-
-    A sub-case's rows are consecutive, possibly over several pieces: each frame is yielded as
-    soon as the next sub-case begins, so only one sub-case's rows are held at a time — once
-    (a piece of one sub-case is kept as it is, not copied), and let go column by column while
-    they are joined. ``held``, when given, is where the ``(sub-case, rows)`` not yet yielded
-    wait: a caller interrupted mid-run finds there every row it has not been handed.
-    """
-    held = [] if held is None else held
-    for piece in pieces:
-        held.extend(_subcase_groups(piece))
-        while held and held[-1][0] != held[0][0]:  # the first sub-case held is complete
-            yield concat_results(_pop_subcase(held))
-    if held:
-        yield concat_results(_pop_subcase(held))
-
-
-def _subcase_groups(piece: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
-    return [(key, rows.reset_index(drop=True)) for key, rows in row_groups(piece, _SUBCASE)]
-
-
 def row_groups(frame: pd.DataFrame, keys: list[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
     """``frame``'s rows grouped by ``keys``, in order of appearance; a frame that is one group
     whole (a piece of one sub-case, a one-party case) comes back as it is, not copied."""
     if len(frame) and all(frame[key].nunique(dropna=False) == 1 for key in keys):
         return [(tuple(frame[key].iloc[0] for key in keys), frame)]
     return list(frame.groupby(keys, observed=True, sort=False, dropna=False))
-
-
-def _pop_subcase(held: list[tuple[Any, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
-    """The first sub-case's rows, each taken out of ``held`` as it is read (nothing else keeps them)."""
-    first = held[0][0]
-    while held and held[0][0] == first:
-        yield held.pop(0)[1]
 
 
 class ResultsWriter:
@@ -282,67 +249,3 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if "variant" in frame.columns:
         frame["variant"] = frame["variant"].astype("object").fillna("")
     return _apply_dtypes(frame[list(COLUMNS)])
-
-
-def threshold_verdicts(rows: pd.DataFrame) -> list[tuple[str, bool, float]]:
-    """``(threshold, holds, measured)`` for the thresholds recorded in one sub-case's rows."""
-    recorded = rows["thresholds"].dropna()
-    if recorded.empty:
-        return []
-    verdicts = []
-    for text in str(recorded.iloc[0]).split("; "):
-        holds, value = parse_threshold(text).check(rows)
-        verdicts.append((text, holds, value))
-    return verdicts
-
-
-def _status_counts(statuses: pd.Series) -> str:
-    counts: dict[str, int] = {}
-    for joined in statuses:
-        for status in filter(None, str(joined).split(",")):
-            counts[status] = counts.get(status, 0) + 1
-    return " ".join(f"{status}×{count}" for status, count in sorted(counts.items())) or "-"
-
-
-def summarize_rows(rows: pd.DataFrame, verdicts: list[tuple[str, bool, float]] | None = None) -> dict[str, Any]:
-    """The summary of one sub-case's rows, as one record (see :func:`summarize`).
-
-    ``verdicts`` are the rows' :func:`threshold_verdicts` when the caller already has them.
-    ``passed`` is the case's verdict: every expectation and threshold held, and no conversation
-    hit an error.
-    """
-    expected = rows["passed"].dropna()
-    verdicts = threshold_verdicts(rows) if verdicts is None else verdicts
-    expectations_ok = bool(expected.all()) if len(expected) else True
-    thresholds_ok = all(ok for _, ok, _ in verdicts)
-    errors = int(rows["error"].notna().sum())
-    first = rows.iloc[0] if len(rows) else {}
-    return {
-        "scenario": first.get("scenario"),
-        "case": first.get("case"),
-        "variant": first.get("variant"),
-        "party": int(first.get("party", 0)) if len(rows) else 0,
-        "n": len(rows),
-        **{metric: metric_value(metric, rows) for metric in RATE_METRICS},
-        "statuses": _status_counts(rows["statuses"]),
-        **{f"{aggregate}_waited_s": metric_value(f"{aggregate}(waited_s)", rows) for aggregate in AGGREGATES},
-        "expectations": f"{int(expected.sum())}/{len(expected)}" if len(expected) else "-",
-        "expectations_ok": expectations_ok,
-        "thresholds": "; ".join(f"{'✓' if ok else '✗'} {text} ({value:.4g})" for text, ok, value in verdicts) or "-",
-        "thresholds_ok": thresholds_ok,
-        "errors": errors,
-        "passed": expectations_ok and thresholds_ok and errors == 0,
-    }
-
-
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (scenario, case, variant, party): rates, statuses, waits, expectations, thresholds.
-
-    Columns: ``scenario, case, variant, n``, the rates ``success_rate, failure_rate,
-    timeout_rate, misattributed_rate, late_rate``, ``statuses`` (``"200×18 410×2"``),
-    ``p50/p95/p99/mean/max_waited_s``, ``expectations`` (``"18/20"``), ``expectations_ok``,
-    ``thresholds`` (``"✓ success_rate >= 0.9 (0.95)"``), ``thresholds_ok``, ``errors`` and
-    ``passed`` (all of it held).
-    """
-    grouped = frame.groupby(["scenario", "case", "variant", "party"], observed=True, sort=False)
-    return pd.DataFrame.from_records([summarize_rows(rows) for _, rows in grouped])

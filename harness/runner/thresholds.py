@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # parsing a threshold needs neither; checking one loads them
+    import numpy as np
     import pandas as pd
 
-__all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "metric_mask", "RATE_METRICS", "AGGREGATES"]
+__all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "metric_mask", "aggregate_value", "RATE_METRICS", "AGGREGATES"]
 
 RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate", "late_rate", "early_rate")
 AGGREGATES = ("p50", "p95", "p99", "mean", "max")
@@ -42,7 +43,16 @@ class Threshold:
     def check(self, rows: pd.DataFrame) -> tuple[bool, float]:
         """``(holds, measured value)`` for one (sub-)case's rows. NaN never holds."""
         value = metric_value(self.metric, rows)
-        return (not math.isnan(value) and _OPS[self.op](value, self.limit)), value
+        return self.holds(value), value
+
+    def holds(self, value: float) -> bool:
+        """Whether a measured value meets the threshold; NaN (nothing measured) never does."""
+        return not math.isnan(value) and _OPS[self.op](value, self.limit)
+
+    @property
+    def column(self) -> str | None:
+        """The column an aggregate measures (``waited_s`` for ``p95(waited_s)``); None for a rate."""
+        return self.metric.partition("(")[2].rstrip(")") or None
 
 
 def parse_threshold(text: str) -> Threshold:
@@ -92,7 +102,7 @@ def metric_mask(metric: str, rows: pd.DataFrame) -> pd.Series:
         if "late_calls" not in rows.columns:
             return from_statuses.astype(bool)
         late_calls = pd.to_numeric(rows["late_calls"], errors="coerce")
-        return ((late_calls > 0) | (late_calls.isna() & from_statuses)).astype(bool)
+        return ((late_calls > 0).fillna(False) | (late_calls.isna() & from_statuses)).astype(bool)
     raise ValueError(f"{metric!r} is not a rate metric ({', '.join(RATE_METRICS)})")
 
 
@@ -101,9 +111,13 @@ def metric_value(metric: str, rows: pd.DataFrame) -> float:
     if len(rows) == 0:
         return float("nan")
     if metric in RATE_METRICS:
-        return float(metric_mask(metric, rows).mean())
+        return int(metric_mask(metric, rows).sum()) / len(rows)
     aggregate, _, rest = metric.partition("(")
-    values = rows[rest.rstrip(")")].dropna().to_numpy(dtype=float)
+    return aggregate_value(aggregate, rows[rest.rstrip(")")].dropna().to_numpy(dtype=float))
+
+
+def aggregate_value(aggregate: str, values: np.ndarray) -> float:
+    """``p50``/``p95``/``p99``/``mean``/``max`` of measured values (no NaN among them); NaN for none."""
     if values.size == 0:
         return float("nan")
     if aggregate == "mean":
