@@ -12,6 +12,10 @@ psutil every 50 ms and keeps the peak of their sum. Baselines from the same run:
 * **before** (``--before CHECKOUT``) — the same run with another checkout's ``harness``, e.g.
   the whole-result transport this replaced (measured at 2.95 GiB peak, ~200 s).
 
+The row **harness run --out** runs the same case through the command line, rows written to a
+Parquet file as they come and tallied for the verdict (``frame MiB`` is then the file's size):
+its peak should not grow with the number of conversations.
+
     python3 -m bench.million                 # 1,000,000 conversations (minutes)
     python3 -m bench.million --quick         # 50,000, for CI
     python3 -m bench.million --before /work/main
@@ -41,6 +45,23 @@ seconds = time.perf_counter() - start
 assert len(frame) == conversations and frame["outcome"].notna().all()
 print(json.dumps({"seconds": seconds, "frame_mib": frame.memory_usage(deep=True).sum() / 2**20}))
 """
+CLI_CHILD = """
+import json, sys, time
+from pathlib import Path
+from bench.engines import scenario
+from harness.cli import main
+conversations, workers, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+(folder / "million.json").write_text(json.dumps(scenario(conversations)))
+sys.argv = ["harness", "run", str(folder / "million.json"), "--driver", "core", "--workers", str(workers),
+            "--out", str(folder / "million.parquet")]
+start = time.perf_counter()
+try:
+    main()
+except SystemExit as exit:
+    assert exit.code in (0, 1), exit.code
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "frame_mib": (folder / "million.parquet").stat().st_size / 2**20}))
+"""
 IMPORTS = "import harness.runner.api, psutil; print(psutil.Process().memory_info().rss / 2**20)"  # what each process loads
 
 
@@ -62,14 +83,23 @@ def tree_rss(process: object) -> int:
     return total
 
 
-def measure(conversations: int, workers: int, code_path: str) -> dict[str, float]:
-    """One run in a fresh process tree: wall seconds, run seconds, frame MiB, peak tree RSS MiB."""
+def measure(conversations: int, workers: int, code_path: str, *, cli: bool = False) -> dict[str, float]:
+    """One run in a fresh process tree: wall seconds, run seconds, frame MiB, peak tree RSS MiB.
+
+    ``cli``: through ``harness run --out`` (its output goes to a temporary folder, then away)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="million-") as folder:
+        return _measure([CLI_CHILD if cli else CHILD, str(conversations), str(workers), folder], code_path)
+
+
+def _measure(child: list[str], code_path: str) -> dict[str, float]:
     import psutil
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([code_path, str(Path(__file__).resolve().parent.parent)])}
     began = time.perf_counter()
-    process = psutil.Popen([sys.executable, "-P", "-c", CHILD, str(conversations), str(workers)],
-                           stdout=subprocess.PIPE, text=True, env=env)
+    process = psutil.Popen([sys.executable, "-P", "-c", *child], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True, env=env)
     peak = 0
     while process.poll() is None:
         peak = max(peak, tree_rss(process))
@@ -99,15 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     here = str(Path(__file__).resolve().parent.parent)
     runs = [("this checkout", here)] + ([("before", args.before)] if args.before else [])
     results = [(label, measure(conversations, args.workers, path)) for label, path in runs]
+    results.append(("harness run --out", measure(conversations, args.workers, here, cli=True)))
     floor = import_floor_mib(here) * (1 + args.workers)
     header(f"million: {conversations:,} conversations in one case, core driver, {args.workers} workers, "
            "peak RSS of the process tree")
-    row("run", "seconds", "conv/s", "peak MiB", "frame MiB", "imports MiB", "peak-frame", "goal MiB",
-        widths=(15, 10, 10, 11, 11, 13, 12, 10))
+    widths = (19, 10, 10, 11, 11, 13, 12, 10)
+    row("run", "seconds", "conv/s", "peak MiB", "frame MiB", "imports MiB", "peak-frame", "goal MiB", widths=widths)
     for label, result in results:
         row(label, f"{result['seconds']:.1f}", f"{conversations / result['seconds']:,.0f}", f"{result['peak_mib']:,.0f}",
             f"{result['frame_mib']:,.0f}", f"{floor:,.0f}", f"{result['peak_mib'] - result['frame_mib']:,.0f}",
-            f"{GOAL_MIB:,.0f}" if conversations >= 1_000_000 else "-", widths=(15, 10, 10, 11, 11, 13, 12, 10))
+            f"{GOAL_MIB:,.0f}" if conversations >= 1_000_000 else "-", widths=widths)
 
 
 if __name__ == "__main__":

@@ -474,8 +474,8 @@ def run(
     loaded, invalid = [], False
     for path in _scenario_files(scenarios):
         try:
-            scenario = load_scenario(path, seed=seed)
-            notes = slower_than_asked(time_scaled(scenario, time_scale), time_scale)  # refused here, before any run
+            scenario = time_scaled(load_scenario(path, seed=seed), time_scale)  # refused here, before any run
+            notes = slower_than_asked(scenario, time_scale)
             loaded.append(scenario)
             for note in notes:
                 say(f"note: {note}")
@@ -515,7 +515,7 @@ def run(
                 with progress_display(scenario.name, conversations, console=_stderr_console()) as progress:
                     pieces = stream_loaded_scenario(scenario, RunOptions(
                         target=target, concurrency=concurrency, workers=workers, executor=executor, driver=driver,
-                        progress=progress, api_token=api_token, time_scale=time_scale))
+                        progress=progress, api_token=api_token))  # time-scaled when loaded
                     for piece in pieces:
                         if writer is not None:
                             writer.write(piece)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import trio
 
+from .virtual_time import in_virtual_time
+
 __all__ = [
     "Status",
     "Outcome",
@@ -88,7 +90,7 @@ class WallClock:
         counts at once; under trio's ``MockClock`` the run's fixed mapping, so virtual time never
         makes a signature stale.
         """
-        if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        if in_virtual_time():
             return self.unix(trio.current_time())
         return self._wall()
 

@@ -29,10 +29,11 @@ import trio
 
 from .bots import Block, Bot
 from .conversations import Conversation, Wait
-from .js import PLACEHOLDER, TIME_LIMIT_S, ScriptRun, as_text, run_script_async, scripts_run_inline
+from .js import PLACEHOLDER, TIME_LIMIT_S, ScriptRun, as_text, run_script_async
+from .virtual_time import in_virtual_time
 
 __all__ = ["MAX_BLOCKS_WITHOUT_WAITING", "STEP_BUDGET_S", "advance", "interpolate",
-           "evaluate_condition", "scripts_run_inline"]
+           "evaluate_condition"]
 
 MAX_BLOCKS_WITHOUT_WAITING = 1000
 STEP_BUDGET_S = 1.0
@@ -148,12 +149,12 @@ async def advance(conversation: Conversation, bot: Bot, block_id: str | None, no
     caller arms its deadline), or ``None`` when it completed or errored. ``block_id=None`` ends
     the conversation as completed: that is where an edge-less block leads.
 
-    Under ``MockClock`` (:func:`~harness.core.js.scripts_run_inline`) scripts run inline and
+    Under ``MockClock`` (:func:`~harness.core.virtual_time.in_virtual_time`) scripts run inline and
     nothing here yields: the caller's check, resolution and this step are one atomic step. In
     real time each script runs off the event loop, so a runaway script never holds it; the
     conversation is ``running`` meanwhile, and a wait opens when its block is reached.
     """
-    inline = scripts_run_inline()
+    inline = in_virtual_time()
     engine = _step(conversation, bot, block_id, (lambda: now) if inline else trio.current_time)
     if inline:
         return await _drive(engine, copy_variables=False)

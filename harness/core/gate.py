@@ -76,9 +76,10 @@ import trio
 from .bots import Block, Bot, InvalidBot, parse_bot
 from .conversations import Conversation, EarlyCall, Outcome, Reason, Wait, WallClock, new_conversation_key
 from .errors import Refused
-from .flow import advance, scripts_run_inline
+from .flow import advance
 from .jsonsafe import UnsafeValue, check_json_value
 from .store import Store, StoreUnavailable
+from .virtual_time import in_virtual_time
 
 __all__ = ["Gate", "Delivery", "GateStats"]
 
@@ -237,7 +238,7 @@ class Gate:
         """
         heap = self._deadlines
         started = time.perf_counter()
-        inline = self._nursery is None or scripts_run_inline()
+        inline = self._nursery is None or in_virtual_time()
         while heap and heap[0][0] <= now and now >= self._store_down_until:
             if time.perf_counter() - started > EXPIRY_SLICE_S:
                 return True
@@ -292,7 +293,7 @@ class Gate:
         except Exception:
             log.exception("could not look for orphaned waits; retrying at the next poll")
             return
-        inline = self._nursery is None or scripts_run_inline()
+        inline = self._nursery is None or in_virtual_time()
         for key, index in overdue:
             if now < self._store_down_until:
                 return

@@ -52,6 +52,7 @@ import quickjs
 import trio
 
 from .jsonsafe import check_json_value, safe_by_its_text
+from .virtual_time import in_virtual_time
 
 __all__ = [
     "TIME_LIMIT_S",
@@ -65,7 +66,6 @@ __all__ = [
     "run_script",
     "run_script_async",
     "prestart_script_workers",
-    "scripts_run_inline",
 ]
 
 TIME_LIMIT_S = 0.5
@@ -191,7 +191,7 @@ def run_script(code: str, variables: dict[str, Any], *, time_limit_s: float = TI
 async def run_script_async(code: str, variables: dict[str, Any], *, time_limit_s: float = TIME_LIMIT_S) -> ScriptRun:
     """:func:`run_script` for a server: in real time the script runs in a worker *process*.
 
-    Under ``MockClock`` (:func:`scripts_run_inline`) it runs inline — no thread or process may
+    Under ``MockClock`` (:func:`~harness.core.virtual_time.in_virtual_time`) it runs inline — no thread or process may
     let virtual time jump while it works, and virtual time stays exact and fast.
 
     In real time it runs in one of :data:`SCRIPT_WORKERS` prestarted, reused worker processes
@@ -202,26 +202,14 @@ async def run_script_async(code: str, variables: dict[str, Any], *, time_limit_s
     (SPEC §17.3). Each worker is its own process, so the engine's CPU-time limit is the
     script's own, and scripts of other conversations run on the other workers meanwhile.
     """
-    if scripts_run_inline():
+    if in_virtual_time():
         return run_script(code, variables, time_limit_s=time_limit_s)
     return await _pool().run(code, variables, time_limit_s)
 
 
-def scripts_run_inline() -> bool:
-    """True under trio's ``MockClock``: a worker would let virtual time jump while it works."""
-    return isinstance(trio.lowlevel.current_clock(), _mock_clock())
-
-
-@functools.cache
-def _mock_clock() -> type:
-    from trio.testing import MockClock  # here: trio.testing imports pytest, which a worker does not need
-
-    return MockClock
-
-
 def prestart_script_workers() -> None:
     """Start this trio run's worker processes now (a server calls it at start), not at the first script."""
-    if not scripts_run_inline():
+    if not in_virtual_time():
         _pool()
 
 

@@ -48,6 +48,7 @@ import trio
 
 from ..core.bots import Block, Bot, parse_bot
 from ..core.signing import signature_headers
+from ..core.virtual_time import virtual_clock
 from .drivers import TRANSPORT_ERRORS, Driver, Observed
 from .results import ResultBlock
 from .scenario import Party, Scenario, SubCase
@@ -726,10 +727,8 @@ def _jump_if_alone() -> Callable[[float], bool]:
     sleeping — the clock would autojump there — without a cancel scope and a scheduler pass per
     event. A checkpoint every :data:`JUMPS_BETWEEN_CHECKPOINTS` jumps keeps the run cancellable.
     """
-    from trio.testing import MockClock
-
-    clock = trio.lowlevel.current_clock()
-    if not isinstance(clock, MockClock):
+    clock = virtual_clock()
+    if clock is None:
         return lambda when: when <= trio.current_time()
     statistics = trio.lowlevel.current_statistics
     jumps = 0

@@ -507,7 +507,11 @@ def time_scaled(scenario: Scenario, factor: float) -> Scenario:
         unit = functools.reduce(math.gcd, timeouts)  # seconds: every timeout is a whole number of these
         steps = max(1, round(factor * unit))
         exact = steps / unit
-        if max(timeouts) * steps // unit > max(TIMEOUT_RANGE):
+
+        def scaled_timeout(timeout: int) -> int:
+            return timeout * steps // unit  # exact: unit divides every timeout
+
+        if scaled_timeout(max(timeouts)) > max(TIMEOUT_RANGE):
             name = subcase.case + (f" [{subcase.variant}]" if subcase.variant else "")
             problems.append(f"{scenario.source}: case {name}: time scale {factor:g} makes a timeout longer than "
                             f"{max(TIMEOUT_RANGE)} s ({max(timeouts)} s × {exact:g}); choose a smaller scale")
@@ -520,7 +524,7 @@ def time_scaled(scenario: Scenario, factor: float) -> Scenario:
                            text=f"{threshold.metric} {threshold.op} {number_label(threshold.limit * exact)}")
 
         def scaled_party(party: Party) -> Party:
-            timeout = party.timeout_s * steps // unit
+            timeout = scaled_timeout(party.timeout_s)
             return replace(
                 party, timeout_s=timeout, timeout_overridden=timeout != scenario.bot.blocks[party.block].timeout_s,
                 call_gap_s=party.call_gap_s * exact,
@@ -531,8 +535,8 @@ def time_scaled(scenario: Scenario, factor: float) -> Scenario:
                        arrival_rate=None if subcase.arrival_rate is None else subcase.arrival_rate / exact,
                        time_scale=subcase.time_scale * exact,
                        early_scale=subcase.early_scale * exact if holds_early else subcase.early_scale,
-                       block_timeouts=tuple(sorted((block, timeout * steps // unit) for block, timeout in others.items()
-                                                   if timeout * steps // unit != timeout)))
+                       block_timeouts=tuple(sorted((block, scaled_timeout(timeout)) for block, timeout in others.items()
+                                                   if scaled_timeout(timeout) != timeout)))
 
     subcases = [scaled_subcase(subcase) for subcase in scenario.subcases]
     if problems:

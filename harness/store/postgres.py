@@ -49,8 +49,8 @@ import trio
 from ..core.bots import Bot, parse_bot
 from ..core.conversations import MAX_LATE_CALLS, Conversation, EarlyCall, WallClock
 from ..core.errors import Refused
-from ..core.js import scripts_run_inline
 from ..core.store import OpenWait, StoreUnavailable
+from ..core.virtual_time import in_virtual_time
 from .rows import WAIT_COLUMNS, conversation_from_rows, open_wait_rows, state_json, wait_rows
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ class PostgresStore:
         attempts = 2 if read_only else 1
         for attempt in range(attempts):
             try:
-                if scripts_run_inline():
+                if in_virtual_time():
                     return self._with_connection(work)
                 return await trio.to_thread.run_sync(self._with_connection, work, limiter=self._limiter)
             except self._errors as error:
@@ -526,7 +526,7 @@ class PostgresStore:
         gate's mapping towards it (called from the once-a-second poll for overdue waits). Real time
         only: under ``MockClock`` the mapping is virtual by design."""
         clock = self._clock
-        if not isinstance(clock, DatabaseClock) or scripts_run_inline():
+        if not isinstance(clock, DatabaseClock) or in_virtual_time():
             return
         now = trio.current_time()
         if now >= self._next_clock_check:
@@ -584,7 +584,7 @@ class DatabaseClock(WallClock):
             self._target = None
 
     def signing_time(self) -> float:
-        if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        if in_virtual_time():
             return super().signing_time()
         return time.time()
 

@@ -44,8 +44,8 @@ import trio
 from ..core.bots import Bot, parse_bot
 from ..core.conversations import MAX_LATE_CALLS, Conversation, EarlyCall, WallClock
 from ..core.errors import Refused
-from ..core.js import scripts_run_inline
 from ..core.store import OpenWait, StoreUnavailable
+from ..core.virtual_time import in_virtual_time
 from .rows import WAIT_COLUMNS, conversation_from_rows, open_wait_rows, state_json, wait_rows
 
 __all__ = ["SqliteStore", "BUSY_TIMEOUT_S", "CACHE_SIZE"]
@@ -165,7 +165,7 @@ class SqliteStore:
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
         self.clock.unix(0.0)  # fix the clock's mapping here: a worker thread cannot read trio's clock
-        if scripts_run_inline():
+        if in_virtual_time():
             return self._call(work, *args)
         # One statement at a time per process: requests queue here, in trio, rather than in
         # SQLite's busy handler, whose sleeps would turn a burst of this process's own writes into
@@ -200,7 +200,7 @@ class SqliteStore:
         db.execute("COMMIT")
 
     async def probe(self) -> None:
-        if scripts_run_inline():
+        if in_virtual_time():
             return self._probe()
         await trio.to_thread.run_sync(self._probe, abandon_on_cancel=True)
 
