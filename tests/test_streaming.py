@@ -21,7 +21,6 @@ from harness.runner import (
     save_results,
     shards,
     stream_loaded_scenario,
-    summarize,
     to_frame,
 )
 from harness.runner.report import Verdicts, case_results
@@ -95,9 +94,13 @@ def test_a_case_with_parties_is_cut_by_conversation_and_keeps_its_seeded_keys(sm
     # Within a cut case, each piece lists its parties in turn; the rows, keys included, are the whole run's.
     in_order = ["case", "party", "conversation"]
     frame = concat_results(pieces).sort_values(in_order, kind="stable").reset_index(drop=True)
-    reference = whole_run(TWO_PARTIES).sort_values(in_order, kind="stable").reset_index(drop=True)
-    pd.testing.assert_frame_equal(frame, reference)
+    reference = whole_run(TWO_PARTIES)
+    pd.testing.assert_frame_equal(frame, reference.sort_values(in_order, kind="stable").reset_index(drop=True))
     assert frame["conversation_key"].notna().all()
+    # The frame run_scenario returns lists them as the whole run does: party by party, in order.
+    returned = run_scenario(TWO_PARTIES, workers=1, driver="core")
+    pd.testing.assert_frame_equal(returned, reference)
+    assert list(returned["party"][:121]) == [0] * 120 + [1]
 
 
 def test_verdicts_tallied_piece_by_piece_are_those_of_the_whole_frame(small_pieces: None) -> None:

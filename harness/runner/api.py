@@ -21,7 +21,7 @@ from .distributions import DelayError
 from .drivers import DRIVERS, live
 from .engine import RunError, RunInterrupted, execute
 from .progress import NO_PROGRESS, NotebookProgress, Progress
-from .results import ResultBlock, concat_results, to_frame
+from .results import ResultBlock, concat_results, parties_in_order, to_frame
 from .scenario import InvalidScenario, Scenario, load_scenario, parse_scenario, time_scaled
 from .shards import auto_workers, outside_any_event_loop, run_pieces
 
@@ -75,7 +75,7 @@ class RunOptions:
 
 def run_loaded_scenario(scenario: Scenario, options: RunOptions = RunOptions()) -> pd.DataFrame:
     """Run a validated scenario; see :func:`run_scenario` and :func:`stream_loaded_scenario`."""
-    return concat_results(stream_loaded_scenario(scenario, options))
+    return parties_in_order(concat_results(stream_loaded_scenario(scenario, options)))
 
 
 def stream_loaded_scenario(scenario: Scenario, options: RunOptions = RunOptions()) -> Iterator[pd.DataFrame]:
@@ -83,10 +83,11 @@ def stream_loaded_scenario(scenario: Scenario, options: RunOptions = RunOptions(
 
     A virtual-time run comes in pieces of at most
     :data:`~harness.runner.shards.PIECE_CONVERSATIONS` conversations (a live run: in one piece);
-    :func:`~harness.runner.results.concat_results` joins them into what :func:`run_scenario`
-    returns, :class:`~harness.runner.results.ResultsWriter` appends them to a file. A piece
-    holds whole sub-cases or a slice of one (a range of its conversations, with every party's
-    rows: parties follow each other within a piece); a piece's categories are its own.
+    :class:`~harness.runner.results.ResultsWriter` appends them to a file;
+    :func:`run_loaded_scenario` joins them (:func:`~harness.runner.results.concat_results`) into
+    the frame a whole run gives (:func:`~harness.runner.results.parties_in_order`). A piece holds
+    whole sub-cases or a slice of one (a range of its conversations, with every party's rows:
+    parties follow each other within a piece); a piece's categories are its own.
 
     Only the sub-cases whose ``modes`` include this run's mode run (``"live"`` with a
     ``target``, else ``"virtual"``): the others have no rows (:func:`~harness.runner.report.skipped_results`

@@ -38,7 +38,7 @@ import pandas as pd
 
 from .summary import summarize, summarize_rows, threshold_verdicts
 
-__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "row_groups", "save_results", "load_results",
+__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "parties_in_order", "row_groups", "save_results", "load_results",
            "summarize", "summarize_rows", "threshold_verdicts"]
 
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
@@ -139,6 +139,24 @@ def concat_results(pieces: Iterable[pd.DataFrame]) -> pd.DataFrame:
             columns[name] = pd.concat(series, ignore_index=True)
         del series
     return pd.DataFrame(columns, copy=False)
+
+
+def parties_in_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each sub-case's rows party by party, as one whole run lists them.
+
+    A case with several parties that was cut into pieces comes back with each piece's parties in
+    turn (party 0, 1 of conversations 0–39, then party 0, 1 of 40–79); a stable sort puts all of
+    party 0's rows first, conversations in order. A frame already in that order is returned as it is.
+    """
+    if len(frame) < 2:
+        return frame
+    codes = [frame[column].cat.codes.to_numpy() if isinstance(frame[column].dtype, pd.CategoricalDtype)
+             else pd.factorize(frame[column])[0] for column in ("scenario", "case", "variant")]
+    subcase = np.cumsum(np.r_[0, np.any([np.diff(code) != 0 for code in codes], axis=0)])
+    party = frame["party"].to_numpy(dtype="int64", na_value=0)
+    if np.all((np.diff(subcase) > 0) | (np.diff(party) >= 0)):
+        return frame
+    return frame.take(np.lexsort((party, subcase))).reset_index(drop=True)
 
 
 def row_groups(frame: pd.DataFrame, keys: list[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
