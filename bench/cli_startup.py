@@ -2,7 +2,9 @@
 
 Each command runs in a fresh interpreter (what a user waits for); the baseline, in the same run,
 is ``python -c "import typer"``. Reported: the median wall time of N runs, its ratio to the
-baseline (targets: ``--help`` within 4x, ``validate`` within 6x), and the peak RSS of the child.
+baseline (targets: ``--help`` within 4x, ``validate`` within 6x), and the peak RSS of the
+command's interpreter (its ``VmHWM``, read as it exits, in one more run: a child's ``ru_maxrss``
+would count the pages of the forking parent it started as).
 
     python3 -m bench.cli_startup           # 15 runs each
     python3 -m bench.cli_startup --quick   # 5 runs each
@@ -11,7 +13,6 @@ baseline (targets: ``--help`` within 4x, ``validate`` within 6x), and the peak R
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -30,16 +31,36 @@ COMMANDS = {
 TARGETS = {"harness --help": 4.0, "harness validate": 6.0}
 
 
-def timed(args: list[str]) -> tuple[float, int]:
-    """(seconds, peak RSS of the child in bytes) of one fresh interpreter running ``args``."""
+# Runs a command's ``-c`` code or ``-m`` module as the interpreter would, and writes the process's
+# peak RSS (VmHWM: this interpreter's own, reset by exec) to stderr as it exits.
+PEAK_RSS = """
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as status:
+        sys.stderr.write(next(line for line in status if line.startswith("VmHWM:")) + "\\n")
+atexit.register(report)
+flag, target, *rest = sys.argv[1:]
+sys.argv = [target, *rest]
+if flag == "-c":
+    exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+else:
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
+
+def timed(args: list[str]) -> float:
+    """Wall seconds of one fresh interpreter running ``args``."""
     began = time.perf_counter()
-    child = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
-    seconds = time.perf_counter() - began
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {child.returncode}")
-    return seconds, usage.ru_maxrss * 1024
+    subprocess.run([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - began
+
+
+def peak_rss(args: list[str]) -> int:
+    """Peak RSS in bytes of a fresh interpreter running ``args`` (``-c CODE`` or ``-m MODULE ...``)."""
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], stdout=subprocess.DEVNULL, capture_output=False,
+                          stderr=subprocess.PIPE, text=True)
+    line = next(line for line in done.stderr.splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024  # kB
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,12 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     header(f"CLI start-up: median of {runs} fresh interpreters vs `python -c \"import typer\"`")
     row("command", "median s", "× typer", "target", "max RSS MiB", widths=(20, 12, 10, 10, 14))
     samples: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    rss: dict[str, int] = {}
     for _ in range(runs):  # interleaved, so a busy moment hits every command alike
         for name, command in COMMANDS.items():
-            seconds, peak = timed(command)
-            samples[name].append(seconds)
-            rss[name] = peak
+            samples[name].append(timed(command))
+    rss = {name: peak_rss(command) for name, command in COMMANDS.items()}
     baseline = statistics.median(samples["import typer"])
     for name in COMMANDS:
         median = statistics.median(samples[name])
