@@ -624,15 +624,16 @@ def validate(files: Annotated[list[Path], typer.Argument(
 def report(results: Annotated[Path, typer.Argument(
         metavar="RESULTS", help="A results file from `harness run --out` (.parquet or .csv).")]) -> None:
     """Print the summary table of a saved results file. Exit 1 if it records a failure."""
-    from .runner import load_results
+    from .runner.report import Verdicts
+    from .runner.results import iter_results
 
+    tallied = Verdicts()  # a piece (row group) at a time: the file is never held whole
     try:
-        frame = load_results(results)
+        for piece in iter_results(results):
+            tallied.add(piece)
     except (ValueError, OSError) as error:
         fail(f"{results}: {error}" if str(results) not in str(error) else str(error))
-    from .runner.report import case_results
-
-    verdicts = case_results(frame)
+    verdicts = tallied.results()
     _print_summary(verdicts)
     raise typer.Exit(0 if all(verdict.passed for verdict in verdicts) else 1)
 

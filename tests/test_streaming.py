@@ -165,3 +165,35 @@ def test_cli_writes_pieces_and_summarises_the_same_as_the_whole_frame(tmp_path: 
     assert "failed (mixed/big)" in result.stdout.strip().splitlines()[-1]
     cases = json.loads(summary.read_text())["scenarios"][0]["cases"]
     assert [case["n"] for case in cases] == [230, 30, 70, 40, 40]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_results_file_is_read_and_reported_piece_by_piece(tmp_path: Path, suffix: str, small_pieces: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.runner import results
+
+    monkeypatch.setattr(results, "RESULTS_PER_CSV_PIECE", 64)  # the CSV in blocks of 64 lines
+    path = tmp_path / f"r{suffix}"
+    with ResultsWriter(path) as writer:
+        for piece in stream_loaded_scenario(as_scenario(MIXED), RunOptions(workers=1, driver="core")):
+            writer.write(piece)
+    pieces = list(results.iter_results(path))
+    assert [len(piece) for piece in pieces] == ([46, 46, 46, 46, 46, 30, 70, 40, 40] if suffix == ".parquet"
+                                                else [64] * 6 + [26])
+    whole = load_results(path)
+    pd.testing.assert_frame_equal(concat_results(pieces), whole)
+    report = CliRunner().invoke(app, ["report", str(path)])
+    assert report.exit_code == 1  # "big" fails its expectation
+    # The table and verdict of the file read in pieces are those of its rows at once.
+    verdicts = Verdicts()
+    for piece in pieces:
+        verdicts.add(piece)
+    assert [r.to_json() for r in verdicts.results()] == [r.to_json() for r in case_results(whole)]
+    assert "failed (mixed/big)" in report.stdout.strip().splitlines()[-1]
+
+
+def test_a_results_file_cut_short_is_refused_by_name(tmp_path: Path) -> None:
+    path = save_results(whole_run(MIXED), tmp_path / "r.parquet")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = CliRunner().invoke(app, ["report", str(path)])
+    assert result.exit_code == 2 and f"{path}: cannot read results" in result.stderr

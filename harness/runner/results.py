@@ -28,7 +28,7 @@ so the whole frame is never held twice; :class:`ResultsWriter` appends them to a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import pandas as pd
 
 from .summary import summarize, summarize_rows, threshold_verdicts
 
-__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "parties_in_order", "row_groups", "save_results", "load_results",
+__all__ = ["COLUMNS", "ResultBlock", "ResultsWriter", "to_frame", "concat_results", "parties_in_order", "row_groups", "save_results", "load_results", "iter_results",
            "summarize", "summarize_rows", "threshold_verdicts"]
 
 _CATEGORIES = ("scenario", "case", "variant", "bot", "block", "key", "signature", "outcome", "reason",
@@ -244,26 +244,61 @@ def save_results(frame: pd.DataFrame, path: str | Path) -> Path:
 
 def load_results(path: str | Path) -> pd.DataFrame:
     """Read a results file written by ``harness run --out`` back with its dtypes."""
+    return concat_results(iter_results(path))
+
+
+RESULTS_PER_CSV_PIECE = 100_000
+
+
+def iter_results(path: str | Path) -> Iterator[pd.DataFrame]:
+    """A results file's rows, typed as :func:`to_frame` types them, piece by piece: a Parquet row
+    group, or :data:`RESULTS_PER_CSV_PIECE` lines of CSV, at a time (``harness report`` tallies
+    them without holding the file). A file that is not a results file raises ``ValueError``
+    naming it, before any piece; one that breaks off part-way, at that piece."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise ValueError(f"{path}: results are read from .parquet or .csv files")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        if suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif suffix == ".csv":
-            frame = pd.read_csv(path, dtype={"statuses": "string", "variant": "string", "conversation_key": "string"},
-                                keep_default_na=False, na_values=[""])
-        else:
-            raise ValueError(f"{path}: results are read from .parquet or .csv files")
+        columns, pieces = _results_pieces(path, suffix)
     except (OSError, ValueError, ImportError) as error:
         raise ValueError(f"{path}: cannot read results: {error}") from None
-    missing = [column for column in ("case", "conversation", "outcome", "waited_s") if column not in frame.columns]
+    missing = [column for column in ("case", "conversation", "outcome", "waited_s") if column not in columns]
     if missing:
         raise ValueError(f"{path}: not a results file (missing columns: {', '.join(missing)})")
-    for column in COLUMNS:
-        if column not in frame.columns:
-            frame[column] = None
-    if "variant" in frame.columns:
+    return _typed_pieces(path, pieces)
+
+
+def _results_pieces(path: Path, suffix: str) -> tuple[list[str], Iterator[pd.DataFrame]]:
+    """(the file's columns, its pieces as read, untyped)."""
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(path)
+        groups = (file.read_row_group(index).to_pandas() for index in range(file.num_row_groups))
+        return list(file.schema_arrow.names), groups
+    options: dict[str, Any] = {"dtype": {"statuses": "string", "variant": "string", "conversation_key": "string"},
+                               "keep_default_na": False, "na_values": [""]}
+    columns = list(pd.read_csv(path, nrows=0, **options).columns)
+    return columns, iter(pd.read_csv(path, chunksize=RESULTS_PER_CSV_PIECE, **options))
+
+
+def _typed_pieces(path: Path, pieces: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    empty = True
+    while True:
+        try:
+            frame = next(pieces)
+        except StopIteration:
+            break
+        except (OSError, ValueError, ImportError) as error:
+            raise ValueError(f"{path}: cannot read results: {error}") from None
+        empty = False
+        for column in COLUMNS:
+            if column not in frame.columns:
+                frame[column] = None
         frame["variant"] = frame["variant"].astype("object").fillna("")
-    return _apply_dtypes(frame[list(COLUMNS)])
+        yield _apply_dtypes(frame[list(COLUMNS)])
+    if empty:  # a file with the columns and no rows
+        yield to_frame([])
