@@ -57,7 +57,7 @@ def timed(args: list[str]) -> float:
 
 def peak_rss(args: list[str]) -> int:
     """Peak RSS in bytes of a fresh interpreter running ``args`` (``-c CODE`` or ``-m MODULE ...``)."""
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], stdout=subprocess.DEVNULL, capture_output=False,
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
     line = next(line for line in done.stderr.splitlines() if line.startswith("VmHWM:"))
     return int(line.split()[1]) * 1024  # kB

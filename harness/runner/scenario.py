@@ -172,6 +172,11 @@ class SubCase:
     def expect(self) -> Expectation | None:
         return self.parties[0].expect
 
+    @property
+    def label(self) -> str:
+        """``case`` or ``case [variant]``, as a scenario's messages name the sub-case."""
+        return self.case + (f" [{self.variant}]" if self.variant else "")
+
     def timeouts(self) -> tuple[tuple[str, int], ...]:
         """The sorted ``(block, timeout_s)`` overrides this sub-case's bot needs (empty: the bot as written).
 
@@ -512,8 +517,7 @@ def time_scaled(scenario: Scenario, factor: float) -> Scenario:
             return timeout * steps // unit  # exact: unit divides every timeout
 
         if scaled_timeout(max(timeouts)) > max(TIMEOUT_RANGE):
-            name = subcase.case + (f" [{subcase.variant}]" if subcase.variant else "")
-            problems.append(f"{scenario.source}: case {name}: time scale {factor:g} makes a timeout longer than "
+            problems.append(f"{scenario.source}: case {subcase.label}: time scale {factor:g} makes a timeout longer than "
                             f"{max(TIMEOUT_RANGE)} s ({max(timeouts)} s × {exact:g}); choose a smaller scale")
             return subcase
 
@@ -550,7 +554,7 @@ def slower_than_asked(scaled: Scenario, factor: float) -> list[str]:
     notes = []
     for subcase in scaled.subcases:
         if subcase.time_scale >= 1.5 * factor:
-            name = f"{scaled.name}/{subcase.case}" + (f" [{subcase.variant}]" if subcase.variant else "")
+            name = f"{scaled.name}/{subcase.label}"
             timeouts = sorted({party.timeout_s for party in subcase.parties})
             notes.append(f"{name}: runs at time scale {subcase.time_scale:.3g}, not {factor:g}: its timeouts "
                          f"({', '.join(map(str, timeouts))} s after scaling) are whole seconds")

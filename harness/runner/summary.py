@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .thresholds import AGGREGATES, RATE_METRICS, Threshold, aggregate_value, metric_mask, parse_threshold
+from .thresholds import AGGREGATES, RATE_METRICS, Threshold, aggregate_of, aggregate_value, metric_mask, parse_threshold
 
 __all__ = ["Tally", "summarize", "summarize_rows", "threshold_verdicts", "MAX_EXAMPLES"]
 
@@ -128,8 +128,10 @@ class Tally:
             return float("nan")
         if metric in RATE_METRICS:
             return self.counted[metric] / self.n
-        aggregate, _, rest = metric.partition("(")
-        return aggregate_value(aggregate, self.values(rest.rstrip(")")))
+        aggregate, column = aggregate_of(metric)
+        if column is None:
+            raise ValueError(f"unknown metric {metric!r}")
+        return aggregate_value(aggregate, self.values(column))
 
     def verdicts(self) -> list[tuple[str, bool, float]]:
         """``(threshold, holds, measured)`` for the thresholds the rows record."""

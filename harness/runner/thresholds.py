@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # parsing a threshold needs neither; checking one loads them
     import numpy as np
     import pandas as pd
 
-__all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_value", "metric_mask", "aggregate_value", "RATE_METRICS", "AGGREGATES"]
+__all__ = ["Threshold", "ThresholdError", "parse_threshold", "metric_mask", "aggregate_of", "aggregate_value", "RATE_METRICS", "AGGREGATES"]
 
 RATE_METRICS = ("success_rate", "failure_rate", "timeout_rate", "misattributed_rate", "late_rate", "early_rate")
 AGGREGATES = ("p50", "p95", "p99", "mean", "max")
@@ -40,11 +40,6 @@ class Threshold:
     op: str
     limit: float
 
-    def check(self, rows: pd.DataFrame) -> tuple[bool, float]:
-        """``(holds, measured value)`` for one (sub-)case's rows. NaN never holds."""
-        value = metric_value(self.metric, rows)
-        return self.holds(value), value
-
     def holds(self, value: float) -> bool:
         """Whether a measured value meets the threshold; NaN (nothing measured) never does."""
         return not math.isnan(value) and _OPS[self.op](value, self.limit)
@@ -52,7 +47,7 @@ class Threshold:
     @property
     def column(self) -> str | None:
         """The column an aggregate measures (``waited_s`` for ``p95(waited_s)``); None for a rate."""
-        return self.metric.partition("(")[2].rstrip(")") or None
+        return aggregate_of(self.metric)[1]
 
 
 def parse_threshold(text: str) -> Threshold:
@@ -63,8 +58,7 @@ def parse_threshold(text: str) -> Threshold:
         raise ThresholdError(f"{text!r} is not \"metric op number\" (ops: < <= > >= ==)")
     metric = re.sub(r"\s+", "", match["metric"])
     if metric not in RATE_METRICS:
-        aggregate, _, rest = metric.partition("(")
-        column = rest.rstrip(")")
+        aggregate, column = aggregate_of(metric)
         if aggregate not in AGGREGATES or column not in _COLUMNS:
             raise ThresholdError(
                 f"unknown metric {metric!r}; use {', '.join(RATE_METRICS)} or "
@@ -106,14 +100,14 @@ def metric_mask(metric: str, rows: pd.DataFrame) -> pd.Series:
     raise ValueError(f"{metric!r} is not a rate metric ({', '.join(RATE_METRICS)})")
 
 
-def metric_value(metric: str, rows: pd.DataFrame) -> float:
-    """A metric over one (sub-)case's result rows; NaN when there is nothing to measure."""
-    if len(rows) == 0:
-        return float("nan")
-    if metric in RATE_METRICS:
-        return int(metric_mask(metric, rows).sum()) / len(rows)
+def aggregate_of(metric: str) -> tuple[str, str | None]:
+    """``(aggregate, column)`` of an aggregate metric, ``(metric, None)`` of a rate.
+
+    >>> aggregate_of("p95(waited_s)"), aggregate_of("success_rate")
+    (('p95', 'waited_s'), ('success_rate', None))
+    """
     aggregate, _, rest = metric.partition("(")
-    return aggregate_value(aggregate, rows[rest.rstrip(")")].dropna().to_numpy(dtype=float))
+    return aggregate, rest.rstrip(")") or None
 
 
 def aggregate_value(aggregate: str, values: np.ndarray) -> float:
