@@ -97,3 +97,15 @@ def test_rows_without_late_calls_count_late_conversations_from_their_statuses() 
     assert rows["late_calls"].isna().all()
     summary = summarize_rows(rows)
     assert (summary["late_rate"], summary["success_rate"], summary["statuses"]) == (0.5, 0.5, "200×2 410×2")
+
+
+def test_thresholds_on_the_same_rate_or_column_each_keep_one_set_of_examples() -> None:
+    frame = run().assign(thresholds="failure_rate <= 0; failure_rate <= 0; p95(waited_s) <= 1; max(waited_s) <= 1")
+    verdicts = Verdicts()
+    for piece in np.array_split(np.arange(len(frame)), 9):
+        verdicts.add(frame.iloc[piece])
+    streamed = verdicts.results()
+    assert seen(streamed) == seen(case_results(frame))
+    pair = next(result for result in streamed if result.label == "pair[party=1]")
+    conversations = [example["conversation"] for example in pair.examples]
+    assert len(conversations) == 5 and len(set(conversations)) == 5  # no conversation shown twice

@@ -96,14 +96,13 @@ class Tally:
     def _keep_examples(self, rows: pd.DataFrame, culprits: pd.Series, masks: dict[str, pd.Series],
                        measured: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         self.culprits.extend(_first_examples(rows, culprits, MAX_EXAMPLES - len(self.culprits)))
-        for threshold in self._thresholds:
-            column = threshold.column
-            if column is None:
-                for counted in (True, False):
-                    kept = self._by_mask.setdefault((threshold.metric, counted), [])
-                    mask = masks[threshold.metric]
-                    kept.extend(_first_examples(rows, mask if counted else ~mask, MAX_EXAMPLES - len(kept)))
-                continue
+        # Each rate and each column once, however many thresholds name it.
+        for metric in dict.fromkeys(t.metric for t in self._thresholds if t.column is None):
+            for counted in (True, False):
+                kept = self._by_mask.setdefault((metric, counted), [])
+                mask = masks[metric]
+                kept.extend(_first_examples(rows, mask if counted else ~mask, MAX_EXAMPLES - len(kept)))
+        for column in dict.fromkeys(t.column for t in self._thresholds if t.column is not None):
             values, positions = measured[column]
             for ascending in (True, False):
                 extremes = self._extremes.setdefault((column, ascending), [])
